@@ -1,0 +1,34 @@
+# Reproducibility suite for Razin et al. (P1: vanishing gradients in RFT; P2: likelihood displacement in DPO).
+#
+#   snakemake --cores all                        # tiny scale (default): SmolLM2-135M on CPU
+#   snakemake --cores all --config scale=smoke   # CI: random micro models, ~1-2 min
+#   snakemake --workflow-profile workflow/profiles/slurm --config scale=paper   # GPU cluster
+#
+# Result path grammar (every path below is relative to the working directory):
+#   resources/models/<model>/                              prepared HF folder (safetensors + tokenizer)
+#   resources/data/persona.jsonl                           normalised persona records
+#   results/<scale>/persona/<model>/sft/{model/,metrics.jsonl,summary.json}
+#                                                          stage A: single-token SFT
+#   results/<scale>/persona/<model>/<init>~<loss>/<y+>-<y->/seed~<n>/{config.json,metrics.jsonl,manifest.json,summary.json}
+#                                                          one single-prompt run; init in {sft, base}, loss in {dpo, ipo}
+#   results/<scale>/persona/{runs,steps}.csv               tidy aggregates (one row per run / per run x step)
+#   figures/<scale>/table_persona.{csv,md,tex}             P2 Tables 1-3 layout, paper numbers beside ours
+#   figures/<scale>/persona_pi_chosen.{png,pdf}            π(y+) over steps, mean and 95% CI over seeds
+#   logs/<scale>/<rule>/...log                             one log per job
+
+
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/persona.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,51 @@
+"""The data seam: where a dataset file comes from.
+
+Order of sources: a local mirror directory (config ``data_mirror`` or env ``SUITE_DATA_MIRROR``),
+then the Hugging Face Hub. Offline with no mirror is one clear error saying what to set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from experiments.common.cli import UserError
+
+MIRROR_ENV = "SUITE_DATA_MIRROR"
+
+
+def mirror_dir(configured: str | None = None) -> Path | None:
+    """The mirror directory from config (wins) or the environment; None when neither is set."""
+    value = configured or os.environ.get(MIRROR_ENV) or None
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data mirror {str(path)!r} is not a directory (set by "
+                        f"{'config data_mirror' if configured else MIRROR_ENV})")
+    return path
+
+
+def fetch_file(*, mirror_file: str, hub_repo: str, hub_file: str, mirror: str | None = None,
+               repo_type: str = "dataset") -> Path:
+    """Local path of a dataset file: ``<mirror>/<mirror_file>`` if a mirror is set, else a Hub download."""
+    root = mirror_dir(mirror)
+    if root is not None:
+        path = root / mirror_file
+        if not path.is_file():
+            raise UserError(f"data mirror {str(root)!r} has no file {mirror_file!r} "
+                            f"(expected {path}); mirror layout: see the mirror's SOURCES.md")
+        return path
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
+        raise UserError(f"{hub_repo}/{hub_file}: working offline (HF_HUB_OFFLINE is set) and no data "
+                        f"mirror; set {MIRROR_ENV}=/path/to/mirror (or config data_mirror) to a "
+                        f"directory holding {mirror_file}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(hub_repo, hub_file, repo_type=repo_type,
+                                    token=os.environ.get("HF_TOKEN") or None))
+    except Exception as e:  # network errors come in many classes; report them all the same way
+        raise UserError(f"{hub_repo}/{hub_file}: the Hugging Face Hub is unreachable "
+                        f"({type(e).__name__}) and no data mirror is set; set {MIRROR_ENV}=/path/to/mirror "
+                        f"(or config data_mirror) to a directory holding {mirror_file}") from None

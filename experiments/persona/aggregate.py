@@ -1,0 +1,75 @@
+"""Collect persona runs into two tidy CSVs: one row per run, and one row per run × step.
+
+Run folders follow the path grammar ``.../persona/<model>/<init>~<loss>/<y+>-<y->/seed~<n>``.
+
+    python -m experiments.persona.aggregate --runs RUN_DIR... --out-runs runs.csv --out-steps steps.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.common.cli import UserError, main_guard
+from experiments.common.io import atomic_path, read_json, read_jsonl
+
+RUN_RE = re.compile(r"persona/(?P<model>[^/]+)/(?P<init>sft|base)~(?P<loss>dpo|ipo)/"
+                    r"(?P<chosen>[^/]+?)-(?P<rejected>[^/]+)/seed~(?P<seed>\d+)/?$")
+STEP_COLUMNS = ["step", "loss", "p_chosen", "p_rejected", "logp_chosen", "logp_rejected"]
+
+
+def parse_run_dir(path: str) -> dict:
+    m = RUN_RE.search(Path(path).as_posix())
+    if not m:
+        raise UserError(f"{path}: not a persona run folder (<model>/<init>~<loss>/<y+>-<y->/seed~<n>)")
+    keys = m.groupdict()
+    keys["seed"] = int(keys["seed"])
+    return keys
+
+
+def collect(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs, steps = [], []
+    for d in run_dirs:
+        keys = parse_run_dir(d)
+        s = read_json(Path(d) / "summary.json")
+        theory = s.get("theory_first_step") or {}
+        runs.append(keys | {
+            "prompt_id": s["prompt_id"], "p_start": s["p_start"], "p_min": s["p_min"],
+            "step_min": s["step_min"], "p_end": s["p_end"], "largest_decrease": s["largest_decrease"],
+            "decreased": s["decreased"], "first_decrease_step": s["first_decrease_step"],
+            "p_rejected_start": s["p_rejected_start"], "p_rejected_end": s["p_rejected_end"],
+            "loss_start": s["loss_start"], "loss_end": s["loss_end"],
+            "theory_pearson": theory.get("pearson"), "theory_spearman": theory.get("spearman"),
+            "top_risers_end": json.dumps([{k: r[k] for k in ("token", "dp", "meaning")}
+                                          for r in s["top_risers_end"]], ensure_ascii=False),
+        })
+        for row in read_jsonl(Path(d) / "metrics.jsonl"):
+            steps.append(keys | {k: row[k] for k in STEP_COLUMNS})
+    order = ["model", "init", "loss", "chosen", "rejected", "seed"]
+    return (pd.DataFrame(runs).sort_values(order, kind="stable"),
+            pd.DataFrame(steps).sort_values(order + ["step"], kind="stable"))
+
+
+def write_csv(df: pd.DataFrame, path: str) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+
+
+@main_guard
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Aggregate persona runs into tidy CSVs")
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--out-runs", required=True)
+    p.add_argument("--out-steps", required=True)
+    args = p.parse_args(argv)
+    runs, steps = collect(args.runs)
+    write_csv(runs, args.out_runs)
+    write_csv(steps, args.out_steps)
+
+
+if __name__ == "__main__":
+    main()

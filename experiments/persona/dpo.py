@@ -1,0 +1,170 @@
+"""Stage B of P2 §3: DPO or IPO on ONE persona prompt with single-token responses.
+
+Every step logs π(y+), π(y−), the loss, and the tokens whose probability rose most since the start
+(over the whole vocabulary). The reference log-probs are computed once, before training. The run's
+summary holds the largest decrease of π(y+) (start → minimum), the top risers classified benign /
+catastrophic (see ``experiments.persona.tokens``), and the single-token theory check: the correlation,
+over the vocabulary, between Δ ln π(z) after the first step and ⟨W_z, W_{y+} − W_{y−}⟩ (P2 Thm 5).
+
+    python -m experiments.persona.dpo --model-dir DIR --data persona.jsonl --chosen Yes --rejected No \
+        --prompts-with-amb No --loss dpo --beta 0.1 --lr 1e-7 --steps 101 --seed 9773 --out-dir RUN/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from experiments.common.cli import UserError, main_guard
+from experiments.common.io import read_jsonl, run_manifest, write_json, write_jsonl
+from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
+from experiments.models.load import load_causal_lm, load_tokenizer
+from experiments.persona.losses import next_token_logprobs, preference_loss
+from experiments.persona.prompts import encode_prompt, select_prompt
+from experiments.persona.sft import make_optimizer
+from experiments.persona.tokens import classify_token, single_token_id
+
+log = logging.getLogger("persona.dpo")
+
+
+def rank_correlations(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Pearson and Spearman correlation of two 1-D tensors (ties in ranks broken by order)."""
+    x, y = x.double(), y.double()
+
+    def pearson(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a @ b) / (a.norm() * b.norm()))
+
+    def ranks(a):
+        r = torch.empty_like(a)
+        r[a.argsort()] = torch.arange(len(a), dtype=a.dtype)
+        return r
+
+    return {"pearson": pearson(x, y), "spearman": pearson(ranks(x), ranks(y))}
+
+
+def largest_decrease(p: list[float]) -> dict:
+    """Largest decrease of π(y+) from the start to its minimum over training (P2 Table 1's metric)."""
+    p = np.asarray(p)
+    t_min = int(p.argmin())
+    below = np.nonzero(p < p[0])[0]
+    return {"p_start": float(p[0]), "p_min": float(p[t_min]), "step_min": t_min,
+            "p_end": float(p[-1]), "largest_decrease": float(p[0] - p[t_min]),
+            "decreased": bool(p[t_min] < p[0]),
+            "first_decrease_step": int(below[0]) if len(below) else None}
+
+
+@main_guard
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Single-prompt single-token DPO/IPO (P2 §3)")
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--chosen", required=True, help="preferred answer token y+, e.g. Yes")
+    ap.add_argument("--rejected", required=True, help="dispreferred answer token y−, e.g. No")
+    ap.add_argument("--prompts-with-amb", required=True, choices=["Yes", "No"],
+                    help="draw the prompt among records with this answer_matching_behavior")
+    ap.add_argument("--loss", default="dpo", choices=["dpo", "ipo"])
+    ap.add_argument("--beta", type=float, default=0.1, help="β for DPO, τ for IPO")
+    ap.add_argument("--optimizer", default="rmsprop")
+    ap.add_argument("--lr", type=float, required=True)
+    ap.add_argument("--steps", type=int, required=True, help="optimisation steps (full batch of 1)")
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--prompt-format", default="auto")
+    ap.add_argument("--top-k", type=int, default=10, help="top risers logged per step")
+    ap.add_argument("--meanings", required=True, help="JSON {meaning: [words]}")
+    ap.add_argument("--opposites", required=True, help="JSON {meaning: [meanings]}")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out-dir", required=True)
+    args = ap.parse_args(argv)
+    started = time.time()
+    if args.steps <= 0:
+        raise UserError(f"steps must be > 0, got {args.steps}")
+    if args.beta <= 0:
+        raise UserError(f"beta must be > 0, got {args.beta}")
+    set_threads(args.threads)
+    set_seed(args.seed)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    meanings, opposites = json.loads(args.meanings), json.loads(args.opposites)
+
+    tok = load_tokenizer(args.model_dir)
+    model = load_causal_lm(args.model_dir, device=device)
+    model.eval()  # no dropout: the trajectory is a deterministic function of the seed
+    chosen_id, rejected_id = single_token_id(tok, args.chosen), single_token_id(tok, args.rejected)
+    record = select_prompt(read_jsonl(args.data), args.prompts_with_amb, args.seed)
+    input_ids = torch.tensor([encode_prompt(tok, record["question"], args.prompt_format)], device=device)
+
+    def next_logps() -> torch.Tensor:
+        with autocast(precision, device):
+            return next_token_logprobs(model(input_ids=input_ids, logits_to_keep=1).logits)[0]
+
+    with torch.no_grad():
+        logp0 = next_logps()
+    p0 = logp0.exp()
+    ref_c, ref_r = logp0[chosen_id], logp0[rejected_id]
+    W = model.get_output_embeddings().weight.detach().float().clone()
+    direction = W @ (W[chosen_id] - W[rejected_id])  # ⟨W_z, W_{y+} − W_{y−}⟩ for every z
+    exclude = torch.tensor([chosen_id, rejected_id], device=device)
+
+    optim = make_optimizer(args.optimizer, model.parameters(), args.lr)
+    rows, theory = [], None
+    for step in tqdm(range(args.steps + 1), desc=f"{args.loss} {args.chosen}>{args.rejected} seed {args.seed}",
+                     mininterval=5):
+        training = step < args.steps
+        with torch.set_grad_enabled(training):
+            logps = next_logps()
+            losses, r_c, r_r = preference_loss(logps[chosen_id:chosen_id + 1], logps[rejected_id:rejected_id + 1],
+                                               ref_c.view(1), ref_r.view(1), args.beta, args.loss)
+            loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise UserError(f"{args.loss} loss is {loss.item()} at step {step}: stopping")
+        with torch.no_grad():
+            lp = logps.detach()
+            dp = lp.exp() - p0
+            dp[exclude] = -float("inf")
+            top = dp.topk(args.top_k)
+            if step == 1:
+                theory = rank_correlations(lp - logp0, direction)
+        rows.append({
+            "step": step, "loss": loss.item(),
+            "logp_chosen": lp[chosen_id].item(), "logp_rejected": lp[rejected_id].item(),
+            "p_chosen": lp[chosen_id].exp().item(), "p_rejected": lp[rejected_id].exp().item(),
+            "rewards/chosen": r_c.item(), "rewards/rejected": r_r.item(),
+            "top_risers": [{"id": int(i), "token": tok.decode([int(i)]), "p": float(lp[i].exp()),
+                            "dp": float(d)} for d, i in zip(top.values.tolist(), top.indices.tolist())],
+        })
+        if training:
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+
+    summary = largest_decrease([r["p_chosen"] for r in rows])
+    final = rows[-1]["top_risers"]
+    summary.update({
+        "prompt_id": record["id"], "chosen": args.chosen, "rejected": args.rejected,
+        "p_rejected_start": rows[0]["p_rejected"], "p_rejected_end": rows[-1]["p_rejected"],
+        "loss_start": rows[0]["loss"], "loss_end": rows[-1]["loss"],
+        "top_risers_end": [dict(r, meaning=classify_token(r["token"], args.chosen, meanings, opposites))
+                           for r in final],
+        "theory_first_step": theory,
+    })
+    out = Path(args.out_dir)
+    write_json(out / "config.json", vars(args) | {"precision_resolved": precision, "prompt": record["question"]})
+    write_jsonl(out / "metrics.jsonl", rows)
+    write_json(out / "manifest.json", run_manifest(seed=args.seed, device=str(device), started=started))
+    write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+    log.info("π(y+) %.3f -> min %.3f (step %d) -> %.3f; top riser %r", summary["p_start"], summary["p_min"],
+             summary["step_min"], summary["p_end"], final[0]["token"])
+
+
+if __name__ == "__main__":
+    main()

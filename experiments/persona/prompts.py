@@ -1,0 +1,56 @@
+"""Persona prompts: rendering, batching and the per-seed choice of the single training prompt."""
+
+from __future__ import annotations
+
+import torch
+
+from experiments.common.cli import UserError
+
+FORMATS = ("auto", "chat", "plain")
+
+
+def resolve_format(tokenizer, prompt_format: str) -> str:
+    """``auto`` = the model's chat template when it has one, else the plain ``question + "\\n"``."""
+    if prompt_format not in FORMATS:
+        raise UserError(f"unknown prompt_format {prompt_format!r}: use one of {FORMATS}")
+    if prompt_format == "auto":
+        return "chat" if tokenizer.chat_template else "plain"
+    if prompt_format == "chat" and not tokenizer.chat_template:
+        raise UserError("prompt_format 'chat' but the tokenizer has no chat template")
+    return prompt_format
+
+
+def encode_prompt(tokenizer, question: str, prompt_format: str) -> list[int]:
+    """Token ids of one prompt. Chat: user turn + generation prompt. Plain: question + newline, with
+    the tokenizer's own special tokens (BOS where it adds one)."""
+    fmt = resolve_format(tokenizer, prompt_format)
+    if fmt == "chat":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                             tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(question + "\n", add_special_tokens=True)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad so the last position of every row is its last prompt token.
+
+    Returns input_ids, attention_mask and position_ids (0 at each row's first real token).
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+
+
+def select_prompt(records: list[dict], answer_matching_behavior: str, seed: int) -> dict:
+    """The training prompt of one run: the first index of a seeded permutation (torch.randperm with
+    a generator seeded by ``seed``) over the records whose answer_matching_behavior matches."""
+    pool = [r for r in records if r["answer_matching_behavior"] == answer_matching_behavior]
+    if not pool:
+        raise UserError(f"no persona records with answer_matching_behavior={answer_matching_behavior!r}")
+    perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    return pool[int(perm[0])]

@@ -1,0 +1,119 @@
+"""Persona maths against closed forms and hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from experiments.common.cli import UserError
+from experiments.persona.dpo import largest_decrease, rank_correlations
+from experiments.persona.losses import next_token_logprobs, preference_loss, single_token_logprobs
+from experiments.persona.prompts import left_pad, select_prompt
+from experiments.persona.tokens import BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token
+
+MEANINGS = {"affirmative": ["yes", "yeah", "sure"], "negative": ["no", "never"], "uncertain": ["maybe"]}
+OPPOSITES = {"affirmative": ["negative", "uncertain"], "negative": ["affirmative"], "uncertain": []}
+
+
+def test_dpo_loss_closed_form():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -0.5])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.5, -1.0])
+    beta = 0.1
+    losses, cr, rj = preference_loss(pc, pr, rc, rr, beta, "dpo")
+    for i in range(2):
+        h = (pc[i] - pr[i]) - (rc[i] - rr[i])
+        assert losses[i].item() == pytest.approx(math.log(1 + math.exp(-beta * h.item())), rel=1e-6)
+    assert cr.tolist() == pytest.approx([0.05, 0.0])
+    assert rj.tolist() == pytest.approx([-0.05, 0.05])
+
+
+def test_dpo_loss_at_reference_is_log2_and_gradient_sign():
+    pc = torch.tensor([-1.0], requires_grad=True)
+    pr = torch.tensor([-2.0], requires_grad=True)
+    losses, _, _ = preference_loss(pc, pr, pc.detach(), pr.detach(), beta=0.1)
+    assert losses.item() == pytest.approx(math.log(2))
+    losses.sum().backward()
+    # dℓ/d ln π(y+) = −β σ(−βh) = −β/2 at h = 0; opposite for y−
+    assert pc.grad.item() == pytest.approx(-0.05)
+    assert pr.grad.item() == pytest.approx(0.05)
+
+
+def test_ipo_loss_closed_form():
+    pc, pr = torch.tensor([-1.0]), torch.tensor([-3.0])
+    rc, rr = torch.tensor([-2.0]), torch.tensor([-2.0])
+    tau = 0.01
+    losses, _, _ = preference_loss(pc, pr, rc, rr, tau, "ipo")
+    assert losses.item() == pytest.approx((2.0 - 1 / (2 * tau)) ** 2)  # (2 − 50)² = 2304
+
+
+def test_loss_rejects_bad_arguments():
+    t = torch.zeros(1)
+    with pytest.raises(ValueError, match="beta"):
+        preference_loss(t, t, t, t, 0.0)
+    with pytest.raises(ValueError, match="loss_type"):
+        preference_loss(t, t, t, t, 0.1, "kto")
+
+
+def test_single_token_logprobs_takes_last_position():
+    logits = torch.zeros(2, 3, 4)
+    logits[0, -1] = torch.tensor([0.0, math.log(3.0), 0.0, 0.0])  # softmax: [1,3,1,1]/6
+    logits[1, 0] = torch.tensor([9.0, 0, 0, 0])  # not the last position: ignored
+    lp = single_token_logprobs(logits, torch.tensor([1, 0]))
+    assert lp[0].item() == pytest.approx(math.log(0.5))
+    assert lp[1].item() == pytest.approx(math.log(0.25))
+    assert next_token_logprobs(logits).exp().sum(-1).tolist() == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize("text,norm", [("ĠYes", "yes"), (" No.", "no"), ("never", "never"),
+                                       ("▁Maybe", "maybe"), ("  SURE! ", "sure")])
+def test_normalise_token(text, norm):
+    assert normalise_token(text) == norm
+
+
+@pytest.mark.parametrize("token,preferred,expected", [
+    (" Yes", "Yes", BENIGN), ("yes", "Yes", BENIGN), ("Yeah", "Yes", BENIGN),
+    (" No", "Yes", CATASTROPHIC), ("Maybe", "Yes", CATASTROPHIC),
+    (" Yes", "No", CATASTROPHIC), (" never", "No", BENIGN), ("Maybe", "No", OTHER),
+    (" the", "No", OTHER), ("Sure", "Sure", BENIGN),
+])
+def test_benign_catastrophic_rule(token, preferred, expected):
+    assert classify_token(token, preferred, MEANINGS, OPPOSITES) == expected
+
+
+def test_rule_needs_meaning_for_preferred():
+    with pytest.raises(UserError, match="no meaning"):
+        classify_token("Yes", "Banana", MEANINGS, OPPOSITES)
+
+
+def test_largest_decrease():
+    s = largest_decrease([0.9, 0.95, 0.4, 0.6])
+    assert s["largest_decrease"] == pytest.approx(0.5)
+    assert (s["p_start"], s["p_min"], s["step_min"], s["p_end"]) == (0.9, 0.4, 2, 0.6)
+    assert s["decreased"] and s["first_decrease_step"] == 2
+    s = largest_decrease([0.2, 0.3, 0.5])
+    assert s["largest_decrease"] == 0 and not s["decreased"] and s["first_decrease_step"] is None
+
+
+def test_rank_correlations():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert rank_correlations(x, 2 * x + 1)["pearson"] == pytest.approx(1.0)
+    assert rank_correlations(x, -x**3)["spearman"] == pytest.approx(-1.0)
+    c = rank_correlations(x, x**3)
+    assert c["spearman"] == pytest.approx(1.0) and c["pearson"] < 0.99
+
+
+def test_left_pad_positions():
+    b = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert b["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_select_prompt_is_seeded_and_filtered():
+    records = [{"id": i, "answer_matching_behavior": "Yes" if i % 2 else "No"} for i in range(50)]
+    a, b = select_prompt(records, "Yes", 9773), select_prompt(records, "Yes", 9773)
+    assert a == b and a["answer_matching_behavior"] == "Yes"
+    picks = {select_prompt(records, "No", s)["id"] for s in range(20)}
+    assert len(picks) > 3 and all(i % 2 == 0 for i in picks)
+    with pytest.raises(UserError):
+        select_prompt(records[:1], "Yes", 1)
