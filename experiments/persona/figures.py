@@ -23,9 +23,11 @@ from experiments.persona import paper  # noqa: E402
 
 SETTINGS = {("sft", "dpo"): "post-SFT DPO (Table 1)", ("base", "dpo"): "base DPO (Table 2)",
             ("sft", "ipo"): "post-SFT IPO (Table 3)"}
-COLUMNS = ["setting", "model", "y+", "y−", "π(y+) decrease (start → min)", "runs with decrease",
+DECREASE = "π(y+) decrease, start → min (P2 metric)"
+DRAWDOWN = "π(y+) decrease, peak → later min"
+COLUMNS = ["setting", "model", "y+", "y−", DECREASE, DRAWDOWN, "runs where π(y+) fell",
            "benign tokens increasing most", "catastrophic tokens increasing most",
-           "corr(Δln π(z), ⟨W_z, W+ − W−⟩)", "source"]
+           "corr(Δln π(z), ⟨W_z, W+ − W−⟩) after step 1", "source"]
 
 
 def show_token(token: str) -> str:
@@ -37,8 +39,8 @@ def top_tokens(riser_lists: list[list[dict]], meaning: str, n: int = 3) -> str:
     """The ``n`` tokens of a class that appear most often among the runs' top risers."""
     counts = Counter()
     for risers in riser_lists:
-        for rank, r in enumerate(risers):
-            if r["meaning"] == meaning:
+        for r in risers:
+            if r["meaning"] == meaning and r["dp"] > 0:
                 counts[show_token(r["token"])] += 1
     return ", ".join(t for t, _ in counts.most_common(n)) or "—"
 
@@ -47,24 +49,24 @@ def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
     rows = []
     for (init, loss, model, chosen, rejected), g in runs.groupby(
             ["init", "loss", "model", "chosen", "rejected"], sort=False):
-        risers = [json.loads(s) for s in g["top_risers_end"]]
+        risers = [json.loads(s) for s in g["top_risers"]]
         rows.append({
             "setting": SETTINGS[(init, loss)], "model": model, "y+": chosen, "y−": rejected,
-            "π(y+) decrease (start → min)": f"{g.largest_decrease.mean():.2f} "
-                                            f"({g.p_start.mean():.2f} → {g.p_min.mean():.2f})",
-            "runs with decrease": f"{int(g.decreased.sum())}/{len(g)}",
+            DECREASE: f"{g.largest_decrease.mean():.2f} ({g.p_start.mean():.2f} → {g.p_min.mean():.2f})",
+            DRAWDOWN: f"{g.drawdown.mean():.2f} ({g.p_peak.mean():.2f} → {g.p_trough.mean():.2f})",
+            "runs where π(y+) fell": f"{int(g.displaced.sum())}/{len(g)}",
             "benign tokens increasing most": top_tokens(risers, "benign"),
             "catastrophic tokens increasing most": top_tokens(risers, "catastrophic"),
-            "corr(Δln π(z), ⟨W_z, W+ − W−⟩)": f"{g.theory_pearson.mean():.2f}",
+            "corr(Δln π(z), ⟨W_z, W+ − W−⟩) after step 1": f"{g.theory_pearson.mean():.2f}",
             "source": f"ours, {scale} scale, {len(g)} seed{'s' if len(g) > 1 else ''}",
         })
     for model, chosen, rejected, p0, pmin, benign, catastrophic in paper.TABLE1:
         rows.append({
             "setting": SETTINGS[("sft", "dpo")], "model": model, "y+": chosen, "y−": rejected,
-            "π(y+) decrease (start → min)": f"{p0 - pmin:.2f} ({p0:.2f} → {pmin:.2f})",
-            "runs with decrease": "", "benign tokens increasing most": benign,
+            DECREASE: f"{p0 - pmin:.2f} ({p0:.2f} → {pmin:.2f})", DRAWDOWN: "",
+            "runs where π(y+) fell": "", "benign tokens increasing most": benign,
             "catastrophic tokens increasing most": catastrophic,
-            "corr(Δln π(z), ⟨W_z, W+ − W−⟩)": "", "source": paper.SOURCE,
+            "corr(Δln π(z), ⟨W_z, W+ − W−⟩) after step 1": "", "source": paper.SOURCE,
         })
     order = {v: i for i, v in enumerate(SETTINGS.values())}
     table = pd.DataFrame(rows, columns=COLUMNS)

@@ -16,4 +16,4 @@ rule prepare_persona:
         ENV
     shell:
         "python -m experiments.data.persona --hub-repo {params.hub_repo:q} --hub-file {params.hub_file:q}"
-        " --mirror-file {params.mirror_file:q} --mirror {params.mirror:q} --out {output} > {log} 2>&1"
+        " --mirror-file {params.mirror_file:q} --mirror={params.mirror:q} --out {output} > {log} 2>&1"
