@@ -362,12 +362,12 @@ def test_hub_spec_defaults_and_validation():
 
 def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert load.resolve_device("auto") == "cpu"
-    assert load.resolve_device("cpu") == "cpu"
+    assert load.resolve_device("auto") == torch.device("cpu")
+    assert load.resolve_device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(RuntimeError, match="CUDA"):
         load.resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert load.resolve_device("auto") == "cuda"
+    assert load.resolve_device("auto") == torch.device("cuda")
 
 
 def test_load_missing_folder(tmp_path):

@@ -127,6 +127,10 @@ def main(argv=None):
     record = select_prompt(read_jsonl(args.data), args.prompts_with_amb, args.seed)
     input_ids = torch.tensor([encode_prompt(tok, record["question"], args.prompt_format)], device=device)
 
+    hidden: list[torch.Tensor] = []  # last-position input of the unembedding (the paper's h_x), per step
+    model.get_output_embeddings().register_forward_hook(
+        lambda mod, inputs, out: hidden.append(inputs[0][0, -1].detach().float().clone()))
+
     def next_logps() -> torch.Tensor:
         with autocast(precision, device):
             return next_token_logprobs(model(input_ids=input_ids, logits_to_keep=1).logits)[0]
@@ -156,7 +160,13 @@ def main(argv=None):
             lp = logps.detach()
             probs.append(lp.exp().cpu())
             if step == 1:
-                theory = rank_correlations(lp - logp0, direction)
+                # P2 Thm 5 (unconstrained features): Δ ln π(z) = ⟨W_z, W+ − W−⟩·c1 + c0. In a real network h
+                # moves along J Jᵀ(W+ − W−) instead, so we also log how well Δh follows W+ − W−.
+                dh = hidden[-1] - hidden[0]  # after step 1 minus the reference pass
+                theory = rank_correlations(lp - logp0, direction) | {
+                    "cos_dh_w_diff": float(torch.nn.functional.cosine_similarity(
+                        dh, W[chosen_id] - W[rejected_id], dim=0)),
+                    "pearson_dh": rank_correlations(lp - logp0, W @ dh)["pearson"]}
         rows.append({
             "step": step, "loss": loss.item(),
             "logp_chosen": lp[chosen_id].item(), "logp_rejected": lp[rejected_id].item(),

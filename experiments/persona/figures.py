@@ -24,10 +24,12 @@ from experiments.persona import paper  # noqa: E402
 SETTINGS = {("sft", "dpo"): "post-SFT DPO (Table 1)", ("base", "dpo"): "base DPO (Table 2)",
             ("sft", "ipo"): "post-SFT IPO (Table 3)"}
 DECREASE = "π(y+) decrease, start → min (P2 metric)"
+THEORY = "step-1 corr. of Δln π(z) with ⟨W_z, W+ − W−⟩ (Thm 5)"
+THEORY_DH = "… with ⟨W_z, Δh⟩ (observed hidden shift)"
 DRAWDOWN = "π(y+) decrease, peak → later min"
 COLUMNS = ["setting", "model", "y+", "y−", DECREASE, DRAWDOWN, "runs where π(y+) fell",
            "benign tokens increasing most", "catastrophic tokens increasing most",
-           "corr(Δln π(z), ⟨W_z, W+ − W−⟩) after step 1", "source"]
+           THEORY, THEORY_DH, "source"]
 
 
 def show_token(token: str) -> str:
@@ -57,7 +59,7 @@ def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
             "runs where π(y+) fell": f"{int(g.displaced.sum())}/{len(g)}",
             "benign tokens increasing most": top_tokens(risers, "benign"),
             "catastrophic tokens increasing most": top_tokens(risers, "catastrophic"),
-            "corr(Δln π(z), ⟨W_z, W+ − W−⟩) after step 1": f"{g.theory_pearson.mean():.2f}",
+            THEORY: f"{g.theory_pearson.mean():.2f}", THEORY_DH: f"{g.theory_pearson_dh.mean():.2f}",
             "source": f"ours, {scale} scale, {len(g)} seed{'s' if len(g) > 1 else ''}",
         })
     for model, chosen, rejected, p0, pmin, benign, catastrophic in paper.TABLE1:
@@ -66,7 +68,7 @@ def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
             DECREASE: f"{p0 - pmin:.2f} ({p0:.2f} → {pmin:.2f})", DRAWDOWN: "",
             "runs where π(y+) fell": "", "benign tokens increasing most": benign,
             "catastrophic tokens increasing most": catastrophic,
-            "corr(Δln π(z), ⟨W_z, W+ − W−⟩) after step 1": "", "source": paper.SOURCE,
+            THEORY: "", THEORY_DH: "", "source": paper.SOURCE,
         })
     order = {v: i for i, v in enumerate(SETTINGS.values())}
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -86,7 +88,9 @@ def trajectory_figure(steps: pd.DataFrame, prefix: str) -> None:
         pair=[f"{c} ≻ {r}" for c, r in zip(steps["chosen"], steps["rejected"])],
     ).rename(columns={"p_chosen": "π(y+)"})
     sns.set_theme(context="paper", style="whitegrid")
+    present = set(data["setting"])
     grid = sns.relplot(data=data, x="step", y="π(y+)", hue="pair", col="setting", row="model", kind="line",
+                       col_order=[s for s in SETTINGS.values() if s in present],
                        errorbar=("ci", 95), seed=0, height=2.6, aspect=1.3,
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.figure.suptitle("π(y+) during single-prompt preference training (mean, 95% CI over seeds)", y=1.02)

@@ -1,0 +1,143 @@
+"""The Snakemake workflow: config validation, lint, the paper-scale plan, and the smoke DAG end to end."""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+import yaml
+
+from experiments.common.io import read_json, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+SCALES = ("smoke", "tiny", "paper")
+
+
+def snakemake(*args, cwd=REPO, env_extra=None, timeout=900):
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the suite's python
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args],
+                          cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def load_scale(scale):
+    return yaml.safe_load((REPO / "workflow" / "config" / f"{scale}.yaml").read_text())
+
+
+def key_shape(obj, skip=("models",)):
+    """Nested key structure, ignoring the contents of name-keyed maps (model names differ by scale)."""
+    if isinstance(obj, dict):
+        return {k: (None if k in skip else key_shape(v)) for k, v in obj.items()}
+    return None
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_scale_files_validate(scale):
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    cfg = load_scale(scale)
+    jsonschema.validate(cfg, schema)
+    assert cfg["scale"] == scale
+    assert set(cfg["persona"]["models"]) <= set(cfg["models"])
+
+
+def test_scale_files_have_the_same_keys():
+    shapes = [key_shape(load_scale(s)) for s in SCALES]
+    assert shapes[0] == shapes[1] == shapes[2]
+
+
+def test_schema_rejects_typo_and_wrong_type():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    cfg = load_scale("smoke")
+    bad = copy.deepcopy(cfg)
+    bad["persona"]["sft"]["lrr"] = 1e-4
+    with pytest.raises(jsonschema.ValidationError, match="lrr"):
+        jsonschema.validate(bad, schema)
+    bad = copy.deepcopy(cfg)
+    bad["persona"]["settings"][0]["lr"] = -1e-7
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    bad = copy.deepcopy(cfg)
+    bad["models"]["x"] = {"source": "ftp"}
+    with pytest.raises(jsonschema.ValidationError, match="ftp"):
+        jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["scale=huge"], "unknown scale 'huge'"),
+    (["scale=smoke", "devise=cpu"], "'devise' was unexpected"),
+    (["scale=smoke", "persona={'seeds': 'x'}"], "'x' is not of type 'array'"),
+    (["scale=smoke", "persona={'top_k': 0}"], "top_k"),
+])
+def test_bad_config_exits_nonzero_naming_the_key(override, needle):
+    r = snakemake("-n", "--config", *override)
+    assert r.returncode != 0
+    assert needle in r.stdout + r.stderr
+
+
+def test_lint_is_clean():
+    r = snakemake("--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def job_counts(dry_run_output):
+    block = dry_run_output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def test_paper_scale_plans_every_persona_run():
+    r = snakemake("-n", "--config", "scale=paper")
+    assert r.returncode == 0, r.stderr
+    counts = job_counts(r.stdout)
+    assert counts["persona_dpo"] == 3 * 2 * 3 * 10  # models x pairs x settings x seeds
+    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 3
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    mirror = os.environ.get("SUITE_DATA_MIRROR") or str(REPO.parent / "shared" / "data")
+    if not Path(mirror, "persona").is_dir():
+        pytest.skip("no data mirror (set SUITE_DATA_MIRROR)")
+    work = tmp_path_factory.mktemp("smoke")
+    r = snakemake("--cores", "2", "--config", "scale=smoke", "--directory", str(work),
+                  env_extra={"SUITE_DATA_MIRROR": mirror, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work
+
+
+def test_smoke_persona_branch_end_to_end(smoke_run):
+    cfg = load_scale("smoke")["persona"]
+    n_runs = len(cfg["settings"]) * 2 * len(cfg["seeds"])
+    runs = pd.read_csv(smoke_run / "results/smoke/persona/runs.csv")
+    steps = pd.read_csv(smoke_run / "results/smoke/persona/steps.csv")
+    assert len(runs) == n_runs
+    assert set(zip(runs["init"], runs["loss"])) == {("sft", "dpo"), ("base", "dpo"), ("sft", "ipo")}
+    assert len(steps) == n_runs * (cfg["settings"][0]["steps"] + 1)
+    assert steps["p_chosen"].between(0, 1).all()
+    # every run moved: DPO/IPO raise the margin ln π(y+) − ln π(y−) on its single prompt
+    first, last = steps[steps.step == 0], steps[steps.step == steps.step.max()]
+    margin = lambda d: (d.logp_chosen - d.logp_rejected).to_numpy()  # noqa: E731
+    assert (margin(last) > margin(first)).all()
+    table = pd.read_csv(smoke_run / "figures/smoke/table_persona.csv")
+    ours = table[table.source.str.startswith("ours")]
+    assert len(ours) == 6 and (ours.model == "micro-llama").all()
+    assert (table.source == "P2 Table 1 (mean of 10 runs)").sum() == 6
+    for ext in ("png", "pdf"):
+        assert (smoke_run / f"figures/smoke/persona_pi_chosen.{ext}").stat().st_size > 5000
+    assert "π(y+)" in (smoke_run / "figures/smoke/table_persona.md").read_text()
+    run = next((smoke_run / "results/smoke/persona/micro-llama/sft~dpo").glob("*/seed~*"))
+    summary, manifest = read_json(run / "summary.json"), read_json(run / "manifest.json")
+    assert len(read_jsonl(run / "metrics.jsonl")) == cfg["settings"][0]["steps"] + 1
+    assert manifest["seed"] == int(run.name.split("~")[1]) and manifest["packages"]["torch"]
+    assert -1 <= summary["theory_first_step"]["pearson"] <= 1
+
+
+def test_smoke_rerun_has_nothing_to_do(smoke_run):
+    r = snakemake("-n", "--config", "scale=smoke", "--directory", str(smoke_run))
+    assert r.returncode == 0
+    assert "Nothing to be done" in r.stdout + r.stderr
