@@ -45,7 +45,7 @@ def rank_correlations(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
     def ranks(a):
         r = torch.empty_like(a)
-        r[a.argsort()] = torch.arange(len(a), dtype=a.dtype)
+        r[a.argsort()] = torch.arange(len(a), dtype=a.dtype, device=a.device)
         return r
 
     return {"pearson": pearson(x, y), "spearman": pearson(ranks(x), ranks(y))}
