@@ -9,7 +9,8 @@ from experiments.common.cli import UserError
 from experiments.persona.dpo import largest_decrease, rank_correlations, theory_check, top_risers
 from experiments.persona.losses import next_token_logprobs, preference_loss, single_token_logprobs
 from experiments.persona.prompts import left_pad, select_prompt
-from experiments.persona.tokens import BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token
+from experiments.persona.tokens import (BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token,
+                                        single_token_id)
 
 MEANINGS = {"affirmative": ["yes", "yeah", "sure"], "negative": ["no", "never"], "uncertain": ["maybe"]}
 OPPOSITES = {"affirmative": ["negative", "uncertain"], "negative": ["affirmative"], "uncertain": []}
@@ -160,3 +161,21 @@ def test_theory_check_on_unconstrained_features_model():
     h2 = h.detach() + 1e-4 * torch.randn(8, generator=g)
     t2 = theory_check(logp0, torch.log_softmax(W @ h2, -1), W, h.detach(), h2, chosen, rejected)
     assert abs(t2["cos_dh_w_diff"]) < 0.9 and t2["pearson"] < 0.9 and t2["pearson_dh"] > 0.999
+
+
+class _Tok:
+    """A stand-in tokenizer: words split into characters except those in ``whole``."""
+
+    whole = {"Yes": 7, "No": 8}
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.whole[text]] if text in self.whole else [ord(c) for c in text]
+
+    def convert_ids_to_tokens(self, ids):
+        return [chr(i) for i in ids]
+
+
+def test_single_token_id():
+    assert single_token_id(_Tok(), "Yes") == 7
+    with pytest.raises(UserError, match="'Absolutely' is not a single token"):
+        single_token_id(_Tok(), "Absolutely")

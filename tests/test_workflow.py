@@ -98,6 +98,17 @@ def test_paper_scale_plans_every_persona_run():
     assert counts["persona_sft"] == 3 and counts["prepare_model"] == 3
 
 
+def test_slurm_profile_plans_paper_scale():
+    r = snakemake("-n", "--workflow-profile", str(REPO / "workflow/profiles/slurm"), "--config", "scale=paper")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert job_counts(r.stdout)["persona_dpo"] == 180
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/profile.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["retries"] >= 1
+    for rule in ("persona_sft", "persona_dpo"):
+        assert profile["set-resources"][rule]["gpu"] == 1
+        assert {"mem_mb", "runtime"} <= set(profile["set-resources"][rule])
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     mirror = os.environ.get("SUITE_DATA_MIRROR") or str(REPO.parent / "shared" / "data")
