@@ -39,23 +39,21 @@ stderr and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from experiments.common.io import run_manifest, write_json
+from experiments.common.cli import UserError
+from experiments.common.io import atomic_dir, run_manifest, write_json
 
 log = logging.getLogger("experiments.models.prepare")
 
@@ -80,7 +78,7 @@ RANDOM_CHAT_TEMPLATE = (
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
-class PrepareError(Exception):
+class PrepareError(UserError):
     """A user error: bad spec, hash mismatch, unreachable or missing source. The CLI prints it as
     one ``error: ...`` line and exits with status 2."""
 
@@ -180,30 +178,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder next to ``out``; on success it replaces ``out``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for p in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp create private (0700/0600) entries
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
-        old = None
-        if out.exists() or out.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "x")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _folder_hashes(folder: Path) -> dict[str, str]:

@@ -14,16 +14,13 @@ import argparse
 import json
 import logging
 import random
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import read_jsonl, run_manifest, write_json, write_jsonl
+from experiments.common.io import atomic_dir, read_jsonl, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
 from experiments.models.load import load_causal_lm, load_tokenizer
 from experiments.persona.losses import next_token_logprobs
@@ -152,17 +149,9 @@ def main(argv=None):
     bar.close()
     after = probe()
 
-    out_dir = Path(args.out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
+    with atomic_dir(args.out_dir) as tmp:
+        model.save_pretrained(tmp)  # safetensors
         tok.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     write_jsonl(args.metrics, rows)
     write_json(args.summary, {
         "steps": step, "final_loss": rows[-1]["loss"], "precision": precision,
