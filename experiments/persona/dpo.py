@@ -1,7 +1,7 @@
 """Stage B of P2 §3: DPO or IPO on ONE persona prompt with single-token responses.
 
-Every step logs π(y+), π(y−), the loss, and the tokens whose probability rose most since the start
-(over the whole vocabulary). The reference log-probs are computed once, before training. The run's
+Every step logs π(y+), π(y−), the loss, and the tokens whose probability rose and fell most since
+the start (over the whole vocabulary). The reference log-probs are computed once, before training. The run's
 summary holds the largest decrease of π(y+) (start → minimum, P2 Table 1) and its largest drawdown
 (peak → later trough), the tokens that gained most over the drawdown window classified benign /
 catastrophic (see ``experiments.persona.tokens``), and the single-token theory check: the correlation,
@@ -200,9 +200,11 @@ def main(argv=None):
         desc=f"{args.loss} {args.chosen}>{args.rejected} seed {args.seed}")
     probs = [lp.exp() for lp in logps]
     exclude = [chosen_id, rejected_id]
-    for row, p in zip(rows, probs):
+    for row, p in zip(rows, probs):  # the largest movers of the whole distribution since the start
         row["top_risers"] = [{"id": i, "token": tok.decode([i]), "p": float(p[i]), "dp": d}
                              for i, d in top_risers(probs[0], p, exclude, args.top_k)]
+        row["top_fallers"] = [{"id": i, "token": tok.decode([i]), "p": float(p[i]), "dp": -d}
+                              for i, d in top_risers(p, probs[0], exclude, args.top_k)]
 
     summary = largest_decrease([r["p_chosen"] for r in rows])
     # Where the mass went: over the drawdown window (peak -> trough) when π(y+) fell, else start -> end.
