@@ -59,15 +59,17 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def load_causal_lm(path: str | os.PathLike, device: str = "cpu",
-                   dtype: torch.dtype | str = torch.float32):
+                   dtype: torch.dtype | str = torch.float32, attn_implementation: str | None = None):
     """The causal LM of a prepared model folder, on ``device`` (``"auto"`` allowed) in ``dtype``,
-    in eval mode. Local safetensors only."""
+    in eval mode. Local safetensors only. ``attn_implementation="eager"`` gives plain-matmul attention,
+    which forward-mode autodiff (``torch.func.jvp``) can differentiate."""
     from transformers import AutoModelForCausalLM
 
     folder = _folder(path)
     model = AutoModelForCausalLM.from_pretrained(
         folder, local_files_only=True, use_safetensors=True, dtype=_dtype(dtype),
-        trust_remote_code=_trust_remote_code(folder))
+        trust_remote_code=_trust_remote_code(folder),
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}))
     model.to(resolve_device(device))
     model.eval()
     return model
