@@ -98,6 +98,18 @@ def test_paper_scale_plans_every_persona_run():
     assert counts["persona_sft"] == 3 and counts["prepare_model"] == 3
 
 
+def test_fresh_clone_with_committed_figures_still_runs_the_branch(tmp_path):
+    """figures/tiny/ is committed; a fresh clone must not look finished because of it."""
+    import shutil
+
+    shutil.copytree(REPO / "figures" / "tiny", tmp_path / "figures" / "tiny")
+    r = snakemake("-n", "--directory", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    tiny = load_scale("tiny")["persona"]
+    n_pairs = sum(len(m["pairs"]) for m in tiny["models"].values())
+    assert job_counts(r.stdout)["persona_dpo"] == len(tiny["settings"]) * n_pairs * len(tiny["seeds"])
+
+
 def test_slurm_profile_plans_paper_scale():
     r = snakemake("-n", "--workflow-profile", str(REPO / "workflow/profiles/slurm"), "--config", "scale=paper")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
