@@ -66,3 +66,10 @@ def autocast(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def grad_norm(objective: torch.Tensor, params, retain_graph: bool = False) -> float:
+    """‖∇_θ objective‖₂ over ``params`` (an iterable of tensors), in float64; leaves ``.grad`` alone."""
+    params = [p for p in params if p.requires_grad]
+    grads = torch.autograd.grad(objective, params, allow_unused=True, retain_graph=retain_graph)
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))

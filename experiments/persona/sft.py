@@ -105,19 +105,16 @@ def main(argv=None):
     prompts = [encode_prompt(tok, r["question"], args.prompt_format) for r in records]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def eval_batches():
-        out = []
-        for amb in ("Yes", "No"):
-            idx = [i for i, r in enumerate(records) if r["answer_matching_behavior"] == amb][: args.eval_prompts]
-            for s in range(0, len(idx), args.batch_size):
-                out.append((amb, left_pad([prompts[i] for i in idx[s:s + args.batch_size]], pad_id)))
-        return out
+    probe_batches = {}  # the same prompts before and after SFT, per answer_matching_behavior
+    for amb in ("Yes", "No"):
+        idx = [i for i, r in enumerate(records) if r["answer_matching_behavior"] == amb][: args.eval_prompts]
+        probe_batches[f"amb_{amb}"] = [left_pad([prompts[i] for i in idx[s:s + args.batch_size]], pad_id)
+                                       for s in range(0, len(idx), args.batch_size)]
 
     def probe():
         model.eval()
-        batches = eval_batches()
-        return {f"amb_{amb}": mean_answer_probs(model, [b for a, b in batches if a == amb], word_ids, device, precision)
-                for amb in ("Yes", "No")}
+        return {key: mean_answer_probs(model, batches, word_ids, device, precision)
+                for key, batches in probe_batches.items()}
 
     before = probe()
     optim = make_optimizer(args.optimizer, model.parameters(), args.lr)

@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import atomic_path, run_manifest, write_json, write_jsonl
-from experiments.common.torchutil import set_seed, set_threads
+from experiments.common.torchutil import grad_norm, set_seed, set_threads
 
 log = logging.getLogger("theory.controlled")
 
@@ -249,13 +249,6 @@ def make_mlp(in_dim: int, hidden: Sequence[int], n_classes: int) -> torch.nn.Seq
     return torch.nn.Sequential(*layers)
 
 
-def grad_norm(model: torch.nn.Module, objective: torch.Tensor) -> float:
-    """‖∇θ objective‖₂ over all parameters (does not touch ``.grad``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(objective, params, allow_unused=True, retain_graph=True)
-    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
-
-
 def group_metrics(model, X, labels, wrong_reward, mask, method: str) -> dict[str, float]:
     """Metrics over the inputs selected by ``mask``:
 
@@ -270,9 +263,9 @@ def group_metrics(model, X, labels, wrong_reward, mask, method: str) -> dict[str
     wg = wrong_reward[mask]
     logits = model(Xg)
     v = expected_reward(logits, yg, wg)
-    gn_reward = grad_norm(model, v.mean())
+    gn_reward = grad_norm(v.mean(), model.parameters(), retain_graph=True)
     if method == "sft":
-        gn = grad_norm(model, sft_loss(logits, yg))
+        gn = grad_norm(sft_loss(logits, yg), model.parameters(), retain_graph=True)
     else:
         gn = gn_reward
     with torch.no_grad():

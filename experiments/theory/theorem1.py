@@ -23,6 +23,8 @@ import math
 import torch
 from torch.func import functional_call, jvp, vjp
 
+from experiments.common.torchutil import grad_norm
+
 
 def value_and_std(logp: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact V = Σ p r and STD = sqrt(Σ p (r − V)²) from log-probabilities of *every* output. [N] -> scalars.
@@ -96,11 +98,6 @@ def max_prefix_gamma(model, params, prompt: torch.Tensor, vocab: int, length: in
     return best, worst_change
 
 
-def grad_norm(value: torch.Tensor, params: dict[str, torch.Tensor]) -> float:
-    grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
-    return math.sqrt(sum(float((g * g).sum()) for g in grads if g is not None))
-
-
 def micro_transformer(vocab: int, seed: int, hidden: int = 16, layers: int = 2):
     """A small random autoregressive transformer (Llama architecture, eager attention for forward-mode AD)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -151,7 +148,7 @@ def micro_ar_rows(*, vocab: int, lengths: list[int], n_inputs: int, temperatures
                 r = rewards_for(kind, len(outputs), gen)
                 for tau in temperatures:
                     v, std = value_and_std(output_logprobs(model, params, prompt, outputs, tau).double(), r)
-                    gnorm = grad_norm(v, params)
+                    gnorm = grad_norm(v, params.values())
                     rows.append(check_rows("micro-ar", i, length, gamma1, change, kind, tau, float(v.detach()),
                                            float(std.detach()), gnorm))
     return rows
