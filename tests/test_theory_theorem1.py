@@ -7,9 +7,20 @@ import torch
 from torch.func import functional_call
 
 from experiments.common.torchutil import grad_norm
-from experiments.theory.theorem1 import (enumerate_outputs, envelope_slope, jacobian_spectral_norm,
-                                         max_prefix_gamma, micro_ar_rows, micro_transformer, output_logprobs,
-                                         theorem1_bound, value_and_std)
+from experiments.theory.theorem1 import (
+    centred_rewards,
+    enumerate_outputs,
+    envelope_slope,
+    jacobian_spectral_norm,
+    max_prefix_gamma,
+    micro_ar_rows,
+    micro_transformer,
+    output_logprobs,
+    rewards_for,
+    single_token_rows,
+    theorem1_bound,
+    value_and_std,
+)
 
 
 def test_value_and_std_hand_case():
@@ -96,3 +107,73 @@ def test_envelope_slope_recovers_a_power_law():
     std = [10.0 ** (-k / 4) for k in range(40)]
     y = [3 * s ** 0.5 for s in std] + [s ** 0.5 * 0.1 for s in std]
     assert envelope_slope(std + std, y) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_centred_rewards_keep_the_top_entry_below_round_off():
+    """p = (1 − ε, ε), r = (1, −1): r(y*) − V = 2ε exactly; the plain difference gives 0 for ε < 1e-17."""
+    eps = 1e-25
+    p = torch.tensor([1 - eps, eps], dtype=torch.float64)
+    p[1] = eps  # 1 − ε rounds to 1 in float64; ε itself is representable
+    r = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    d = centred_rewards(p, r)
+    assert float(r[0] - (p * r).sum()) == 0.0  # what cancellation leaves
+    assert float(d[0]) == pytest.approx(2 * eps, rel=1e-12)
+    assert float(d[1]) == pytest.approx(-2.0, rel=1e-12)
+    _, std = value_and_std(p.log(), r)
+    assert float(std) == pytest.approx(2 * math.sqrt(eps), rel=1e-9)
+
+
+def test_policy_gradient_form_matches_closed_form_when_autograd_on_the_sum_cannot():
+    """Two logits θ = (0, −60): ∂V/∂θ_0 = p0·p1·(r0 − r1) ≈ 2e-26·... (closed form), far below round-off."""
+    theta = torch.tensor([0.0, -60.0], dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    logp = torch.log_softmax(theta, -1)
+    p = logp.detach().exp()
+    exact = float(p[0] * p[1] * (r[0] - r[1]))
+    weights = p * centred_rewards(p, r)
+    (g,) = torch.autograd.grad((weights * logp).sum(), theta)
+    assert float(g[0]) == pytest.approx(exact, rel=1e-9) and float(g[1]) == pytest.approx(-exact, rel=1e-9)
+    (naive,) = torch.autograd.grad((torch.log_softmax(theta, -1).exp() * r).sum(), theta)
+    assert abs(float(naive[0]) - exact) > 0.5 * exact  # the round-off this module works around
+
+
+def test_micro_rows_stay_within_bound_far_below_the_round_off_floor():
+    rows = micro_ar_rows(vocab=3, lengths=[2], n_inputs=1, temperatures=[0.002], rewards=["indicator"],
+                         seed=0, iters=30)
+    (row,) = rows
+    assert row["std"] < 1e-20  # far beyond what autograd on Σ p r resolves
+    assert row["within_bound"] and row["grad_norm"] < row["grad_norm_naive"]
+
+
+def test_single_token_rows_match_autograd_and_survive_underflow():
+    """Family (a) on a micro model: the pulled-back gradient equals autograd on Σ p r at τ = 1, and a
+    tiny temperature still gives a positive (rescaled) gradient within the bound."""
+    model = micro_transformer(vocab=7, seed=4).float()
+    ids = torch.tensor([1, 5, 2])
+    logits = model(ids.view(1, -1)).logits[0, -1].double()
+    top2 = logits.topk(2).values
+    tiny_tau = float(top2[0] - top2[1]) / 60  # p(second) / p(first) = e^-60
+    rows = single_token_rows(model, [ids], temperatures=[1.0, tiny_tau], rewards=["random"], seed=3, iters=60)
+    params = dict(model.named_parameters())
+    r = rewards_for("random", 7, torch.Generator().manual_seed(3))
+    v = (torch.softmax(logits, -1) * r).sum()
+    assert rows[0]["grad_norm"] == pytest.approx(grad_norm(v, params.values()), rel=1e-5)
+    assert rows[0]["gamma_rel_change"] < 1e-4
+    assert rows[1]["std"] < 1e-10 and rows[1]["grad_norm"] > 0 and all(r["within_bound"] for r in rows)
+
+
+def test_cli_writes_tidy_csv_and_rejects_bad_arguments(tmp_path, capsys):
+    import pandas as pd
+
+    from experiments.theory.theorem1 import main
+
+    out = tmp_path / "micro.csv"
+    main(["micro", "--vocab", "3", "--lengths", "2", "--inputs", "1", "--temperatures", "1,0.1",
+          "--power-iters", "5", "--out", str(out)])
+    df = pd.read_csv(out)
+    assert len(df) == 4 and {"std", "grad_norm", "grad_norm_naive", "gamma", "bound", "within_bound"} <= set(df)
+    for bad, msg in ((["--temperatures", "1,-2"], "positive"), (["--rewards", "gaussian"], "unknown kind"),
+                     (["--vocab", "12", "--lengths", "5"], "too many")):
+        with pytest.raises(SystemExit) as e:
+            main(["micro", "--out", str(tmp_path / "x.csv"), *bad])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
