@@ -14,6 +14,14 @@
 #   results/<scale>/persona/{runs,steps}.csv               tidy aggregates (one row per run / per run x step)
 #   figures/<scale>/table_persona.{csv,md,tex}             P2 Tables 1-3 layout, paper numbers beside ours
 #   figures/<scale>/persona_pi_chosen.{png,pdf}            π(y+) over steps, mean and 95% CI over seeds
+#   results/<scale>/theory/theorem1/{micro,single-token}.csv
+#                                                          P1 Theorem 1, one row per input x reward x temperature
+#   results/<scale>/theory/controlled/<dataset>/seed~<n>/pretrain/{model.pt,metrics.jsonl,summary.json}
+#   results/<scale>/theory/controlled/<dataset>/<variant>/<method>/seed~<n>/{config.json,metrics.jsonl,summary.json}
+#                                                          P1 §4.2; method in {sft, rft_exact, reinforce}
+#   results/<scale>/theory/{controlled,separation}.csv     tidy aggregates (P1 §4.2 curves; §4.3 steps per sigma)
+#   figures/<scale>/table_theory.{csv,md}                  bound share, envelope/separation slopes, final rewards
+#   figures/<scale>/theory_{theorem1,controlled,separation}.{png,pdf}
 #   logs/<scale>/<rule>/...log                             one log per job
 
 
@@ -26,6 +34,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/persona.smk"
+include: "workflow/rules/theory.smk"
 
 
 rule all:

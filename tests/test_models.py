@@ -340,6 +340,98 @@ def test_hub_spec_defaults_and_validation():
         prepare.validate_spec({"source": "hub"})
 
 
+def _tiny_bert_repo(folder: Path, *, legacy_bin: bool = True, safetensors: bool = False) -> dict:
+    """A local stand-in for prajjwal1/bert-mini's repo: config.json without model_type, vocab.txt,
+    and the weights of a tiny BertForPreTraining (tied decoder) as pytorch_model.bin and/or
+    model.safetensors. Returns the state dict."""
+    from transformers import BertConfig, BertForPreTraining
+
+    folder.mkdir(parents=True)
+    words = ["a", "man", "is", "playing", "the", "guitar", "woman", "cat", "dog", "on", "sits", "mat",
+             "plays", "piano"]
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    config = {"hidden_size": 16, "hidden_act": "gelu", "initializer_range": 0.02, "vocab_size": 19,
+              "hidden_dropout_prob": 0.1, "num_attention_heads": 2, "type_vocab_size": 2,
+              "max_position_embeddings": 64, "num_hidden_layers": 1, "intermediate_size": 32,
+              "attention_probs_dropout_prob": 0.1}  # the old-style keys of bert-mini's config.json
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(**config))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if legacy_bin:  # the pre-1.6 (non-zip) torch format, as in 2020 uploads
+        torch.save(model.state_dict(), folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    if safetensors:
+        model.save_pretrained(folder / "st")
+        shutil.move(folder / "st" / "model.safetensors", folder / "model.safetensors")
+        shutil.rmtree(folder / "st")
+    return state
+
+
+def test_hub_copy_files_converts_bin_only_when_no_safetensors(tmp_path, monkeypatch):
+    from transformers import BertForSequenceClassification
+
+    repo = tmp_path / "repo"
+    state = _tiny_bert_repo(repo)
+    calls = []
+
+    def fake_snapshot(model_id, revision, token, patterns):
+        calls.append((model_id, revision, list(patterns)))
+        return repo
+
+    monkeypatch.setattr(prepare, "_hub_snapshot", fake_snapshot)
+    spec = {"source": "hub", "id": "prajjwal1/bert-mini", "copy_files": True, "model_type": "bert"}
+    out = prepare_model("bert-mini", spec, tmp_path / "bert")
+    assert [c[2] for c in calls] == [prepare._COPY_PATTERNS, ["pytorch_model.bin"]]
+    assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
+    model = BertForSequenceClassification.from_pretrained(out, num_labels=6, local_files_only=True,
+                                                          use_safetensors=True)
+    loaded = model.state_dict()
+    for k, v in state.items():
+        if k.startswith("bert.") and k in loaded:
+            torch.testing.assert_close(loaded[k], v, rtol=0, atol=0)
+    tok = load.load_tokenizer(out)
+    assert tok("A man plays", "the piano").input_ids == [2, 5, 6, 17, 3, 9, 18, 3]
+    assert tok.model_max_length == 64
+    m = json.loads((out / "prepare_manifest.json").read_text())
+    assert m["parameters"] == sum(v.numel() for v in state.values())
+    assert m["source_hashes"]["converted_from_bin"] is True and m["spec"]["copy_files"] is True
+
+
+def test_hub_copy_files_keeps_shipped_safetensors(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    _tiny_bert_repo(repo, legacy_bin=True, safetensors=True)
+    calls = []
+    monkeypatch.setattr(prepare, "_hub_snapshot", lambda *a: calls.append(a[3]) or repo)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("no .bin conversion when safetensors exist"))
+    out = prepare_model("bert-mini", {"source": "hub", "id": "x/bert", "copy_files": True,
+                                      "model_type": "bert"}, tmp_path / "bert")
+    assert calls == [prepare._COPY_PATTERNS]
+    assert (out / "model.safetensors").read_bytes() == (repo / "model.safetensors").read_bytes()
+    assert not (out / "pytorch_model.bin").exists()
+
+
+def test_hub_copy_files_needs_model_type(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    _tiny_bert_repo(repo)
+    monkeypatch.setattr(prepare, "_hub_snapshot", lambda *a: repo)
+    with pytest.raises(PrepareError, match="model_type"):
+        prepare_model("b", {"source": "hub", "id": "x/bert", "copy_files": True}, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(PrepareError, match="copy_files"):
+        prepare.validate_spec({"source": "hub", "id": "x/bert", "model_type": "bert"})
+    with pytest.raises(PrepareError, match="dtype"):
+        prepare.validate_spec({"source": "hub", "id": "x/bert", "copy_files": True, "dtype": "bfloat16"})
+
+
+def test_bin_to_safetensors_refuses_arbitrary_pickles(tmp_path):
+    bad = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.zeros(2), "note": object()}, bad)
+    with pytest.raises(PrepareError, match="weights_only"):
+        prepare.bin_to_safetensors(bad, tmp_path / "model.safetensors")
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------------
 # load.py
 

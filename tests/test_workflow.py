@@ -30,8 +30,9 @@ def load_scale(scale):
     return yaml.safe_load((REPO / "workflow" / "config" / f"{scale}.yaml").read_text())
 
 
-def key_shape(obj, skip=("models",)):
-    """Nested key structure, ignoring the contents of name-keyed maps (model names differ by scale)."""
+def key_shape(obj, skip=("models", "datasets")):
+    """Nested key structure, ignoring the contents of name-keyed maps (model and dataset names differ
+    by scale; the schema checks each entry's keys)."""
     if isinstance(obj, dict):
         return {k: (None if k in skip else key_shape(v)) for k, v in obj.items()}
     return None
@@ -73,6 +74,10 @@ def test_schema_rejects_typo_and_wrong_type():
     (["scale=smoke", "devise=cpu"], "'devise' was unexpected"),
     (["scale=smoke", "persona={'seeds': 'x'}"], "'x' is not of type 'array'"),
     (["scale=smoke", "persona={'top_k': 0}"], "top_k"),
+    (["scale=smoke", "theory={'theorem1': {'single_token': {'model': 'gpt9'}}}"],
+     "theory.theorem1.single_token.model: no such model 'gpt9'"),
+    (["scale=smoke", "theory={'controlled': {'frac_modified': 1.5}}"], "1.5"),
+    (["scale=smoke", "theory={'controlled': {'datasets': {'imagenet': {}}}}"], "imagenet"),
 ])
 def test_bad_config_exits_nonzero_naming_the_key(override, needle):
     r = snakemake("-n", "--config", *override)
@@ -95,7 +100,14 @@ def test_paper_scale_plans_every_persona_run():
     assert r.returncode == 0, r.stderr
     counts = job_counts(r.stdout)
     assert counts["persona_dpo"] == 3 * 2 * 3 * 10  # models x pairs x settings x seeds
-    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 3
+    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 4  # + bert-mini for STS-B
+    controlled = load_scale("paper")["theory"]["controlled"]
+    assert set(controlled["datasets"]) == {"mnist", "cifar10", "stsb"}
+    n_finetune = sum(len(v["methods"]) for d in controlled["datasets"].values() for v in d["finetune"].values())
+    assert counts["controlled_pretrain"] == 3 * len(controlled["seeds"])
+    assert counts["controlled_finetune"] == n_finetune * len(controlled["seeds"]) >= 3 * 3 * 2
+    for rule in ("theorem1_micro", "theorem1_single_token", "theory_separation", "theory_figures"):
+        assert counts[rule] == 1
 
 
 def test_fresh_clone_with_committed_figures_still_runs_the_branch(tmp_path):
@@ -116,7 +128,7 @@ def test_slurm_profile_plans_paper_scale():
     assert job_counts(r.stdout)["persona_dpo"] == 180
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/profile.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
-    for rule in ("persona_sft", "persona_dpo"):
+    for rule in ("persona_sft", "persona_dpo", "theorem1_single_token", "controlled_pretrain", "controlled_finetune"):
         assert profile["set-resources"][rule]["gpu"] == 1
         assert {"mem_mb", "runtime"} <= set(profile["set-resources"][rule])
 
@@ -158,6 +170,25 @@ def test_smoke_persona_branch_end_to_end(smoke_run):
     assert len(read_jsonl(run / "metrics.jsonl")) == cfg["settings"][0]["steps"] + 1
     assert manifest["seed"] == int(run.name.split("~")[1]) and manifest["packages"]["torch"]
     assert -1 <= summary["theory_first_step"]["pearson"] <= 1
+
+
+def test_smoke_theory_branch_end_to_end(smoke_run):
+    cfg = load_scale("smoke")["theory"]
+    micro = pd.read_csv(smoke_run / "results/smoke/theory/theorem1/micro.csv")
+    t1 = cfg["theorem1"]["micro"]
+    assert len(micro) == len(t1["lengths"]) * t1["inputs"] * len(t1["rewards"]) * len(t1["temperatures"])
+    single = pd.read_csv(smoke_run / "results/smoke/theory/theorem1/single-token.csv")
+    assert (single["L"] == 1).all() and len(single) == len(cfg["theorem1"]["single_token"]["temperatures"]) * 2
+    assert micro["within_bound"].all() and single["within_bound"].all()
+    ctl = pd.read_csv(smoke_run / "results/smoke/theory/controlled.csv")
+    variants = cfg["controlled"]["datasets"]["digits"]["finetune"]
+    assert ctl.groupby(["variant", "method"]).ngroups == sum(len(v["methods"]) for v in variants.values())
+    assert set(ctl["group"]) == {"modified", "unmodified"}
+    table = pd.read_csv(smoke_run / "figures/smoke/table_theory.csv")
+    assert set(table["experiment"]) == {"P1 Theorem 1", "P1 §4.3 separation", "P1 §4.2 controlled"}
+    assert table.loc[table.quantity.str.startswith("inputs with"), "ours"].str.contains(r"\(100\.0 %\)").all()
+    for name in ("theorem1", "controlled", "separation"):
+        assert (smoke_run / f"figures/smoke/theory_{name}.png").stat().st_size > 5000
 
 
 def test_smoke_rerun_has_nothing_to_do(smoke_run):

@@ -22,7 +22,14 @@ Sources
 ``hub``
     A model on the Hugging Face Hub. Keys: ``id``; optional ``revision`` (default "main"),
     ``trust_remote_code`` (default false), ``dtype`` (default "float32"). The token comes from
-    ``HF_TOKEN`` and is never printed.
+    ``HF_TOKEN`` and is never printed. By default the model is loaded as a causal LM and re-saved.
+    ``copy_files: true`` (for encoders such as ``prajjwal1/bert-mini``) copies the repository's
+    files instead: ``*.json``, ``*.txt``, ``*.model`` and the ``*.safetensors`` weights, as stored
+    (``dtype`` must stay float32). Only when the repository ships no safetensors file is its
+    ``pytorch_model.bin`` downloaded, read with ``torch.load(weights_only=True)`` and written as
+    ``model.safetensors`` (tensors that share storage, i.e. tied weights, are stored separately).
+    ``model_type`` (optional) fills in a ``config.json`` that has none (old checkpoints such as
+    bert-mini; transformers 5 needs the key). The tokenizer is then re-saved from the copied files.
 
 Special tokens of the random tokenizer: ``<|im_start|>`` (id 0, bos), ``<|im_end|>`` (id 1, eos),
 ``<|pad|>`` (id 2, pad). Nothing is added automatically when encoding (like SmolLM2). Its chat
@@ -42,6 +49,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -158,13 +166,20 @@ def validate_spec(spec: Any) -> dict:
             raise PrepareError(f"source 'pypi-gguf': file must be a .gguf, got {spec['file']!r}")
     else:  # hub
         _check_keys(spec, {"id": str},
-                    {"revision": str, "trust_remote_code": bool, "dtype": str})
+                    {"revision": str, "trust_remote_code": bool, "dtype": str, "copy_files": bool,
+                     "model_type": str})
         spec.setdefault("revision", "main")
         spec.setdefault("trust_remote_code", False)
         spec.setdefault("dtype", "float32")
+        spec.setdefault("copy_files", False)
         if spec["dtype"] not in _DTYPES:
             raise PrepareError(f"source 'hub': dtype must be one of {', '.join(_DTYPES)}, "
                                f"got {spec['dtype']!r}")
+        if spec["copy_files"] and spec["dtype"] != "float32":
+            raise PrepareError("source 'hub': copy_files keeps the stored weights; leave dtype "
+                               f"at float32 (got {spec['dtype']!r})")
+        if "model_type" in spec and not spec["copy_files"]:
+            raise PrepareError("source 'hub': model_type is only used with copy_files: true")
     return spec
 
 
@@ -470,11 +485,109 @@ def _hub_error(exc: BaseException, model_id: str, revision: str,
     return PrepareError(msg)
 
 
+def _hub_snapshot(model_id: str, revision: str, token: str | None, patterns: list[str]) -> Path:
+    """Download the files of Hub model ``model_id`` that match ``patterns``; their local folder."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_id, revision=revision, token=token,
+                                  allow_patterns=patterns))
+
+
+_COPY_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+
+
+def bin_to_safetensors(src: Path, dest: Path) -> int:
+    """Rewrite a ``pytorch_model.bin`` state dict as safetensors; returns the number of tensors.
+
+    Read with ``torch.load(weights_only=True)`` (no arbitrary pickles). Tied weights share storage
+    in a .bin, which safetensors refuses, so every tensor is stored as its own copy."""
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError,
+            AttributeError) as e:  # a pickle that weights_only refuses, or a corrupt file
+        raise PrepareError(f"{src.name}: cannot be read with torch.load(weights_only=True) "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if (not isinstance(state, dict) or not state
+            or not all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise PrepareError(f"{src.name}: not a state dict of tensors")
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(dest),
+              metadata={"format": "pt"})
+    return len(state)
+
+
+def _prepare_hub_files(spec: dict, tmp: Path) -> dict:
+    import shutil
+
+    from huggingface_hub import errors
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    model_id, revision = spec["id"], spec["revision"]
+    token = os.environ.get("HF_TOKEN") or None
+    log.info("copying the files of %s@%s from the Hugging Face Hub ...", model_id, revision)
+    try:
+        snap = _hub_snapshot(model_id, revision, token, _COPY_PATTERNS)
+        converted = not any(snap.glob("*.safetensors"))
+        if converted:
+            snap = _hub_snapshot(model_id, revision, token, ["pytorch_model.bin"])
+    except (OSError, ValueError, errors.HfHubHTTPError) as e:
+        raise _hub_error(e, model_id, revision, token) from None
+    if not (snap / "config.json").is_file():
+        raise PrepareError(f"model {model_id!r} has no config.json")
+    for f in sorted(snap.iterdir()):
+        if f.is_file() and f.suffix in {".json", ".txt", ".model", ".safetensors"}:
+            shutil.copyfile(f, tmp / f.name)
+    if converted:
+        if not (snap / "pytorch_model.bin").is_file():
+            raise PrepareError(f"model {model_id!r} ships neither *.safetensors nor "
+                               "pytorch_model.bin")
+        log.info("no safetensors in %s: converting pytorch_model.bin", model_id)
+        bin_to_safetensors(snap / "pytorch_model.bin", tmp / "model.safetensors")
+    config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    want = spec.get("model_type")
+    if "model_type" not in config:
+        if not want:
+            raise PrepareError(f"config.json of {model_id!r} has no model_type (transformers 5 "
+                               "needs one); add model_type (e.g. bert) to the model spec")
+        config["model_type"] = want
+        write_json(tmp / "config.json", config)
+    elif want and config["model_type"] != want:
+        raise PrepareError(f"config.json of {model_id!r} has model_type "
+                           f"{config['model_type']!r}, the spec says {want!r}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True,
+                                                  trust_remote_code=spec["trust_remote_code"])
+    except (OSError, ValueError) as e:
+        raise PrepareError(f"cannot build the tokenizer of {model_id!r} from its files: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+                           ) from None
+    if tokenizer.model_max_length > 1e9 and config.get("max_position_embeddings"):
+        tokenizer.model_max_length = config["max_position_embeddings"]  # none in the repo files
+        tokenizer.init_kwargs["model_max_length"] = config["max_position_embeddings"]
+    _drop_loader_flags(tokenizer)
+    tokenizer.save_pretrained(tmp)
+    n_params = 0
+    for f in sorted(tmp.glob("*.safetensors")):
+        with safe_open(f, "pt") as sf:
+            for key in sf.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                n_params += math.prod(sf.get_slice(key).get_shape())
+    commit = snap.name if re.fullmatch(r"[0-9a-f]{40}", snap.name) else None
+    return {"parameters": n_params, "tokenizer_size": len(tokenizer),
+            "source_hashes": {"commit": commit, "converted_from_bin": converted}}
+
+
 def _prepare_hub(spec: dict, tmp: Path) -> dict:
     import torch
     from huggingface_hub import errors
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if spec["copy_files"]:
+        return _prepare_hub_files(spec, tmp)
     model_id, revision = spec["id"], spec["revision"]
     token = os.environ.get("HF_TOKEN") or None
     kw = dict(revision=revision, token=token, trust_remote_code=spec["trust_remote_code"])

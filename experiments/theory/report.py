@@ -116,6 +116,8 @@ def separation_rows(sep: pd.DataFrame, scale: str) -> list[dict]:
 
 def controlled_rows(ctl: pd.DataFrame, scale: str) -> list[dict]:
     rows = []
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    ctl = ctl.assign(_order=ctl["method"].map(order)).sort_values(["dataset", "variant", "_order"], kind="stable")
     for (dataset, variant, method), g in ctl.groupby(["dataset", "variant", "method"], sort=False):
         seeds = g["seed"].nunique()
         for group in ("modified", "unmodified"):

@@ -21,7 +21,19 @@ for _m in config["persona"]["models"]:
         raise WorkflowError(f"persona.models.{_m}: no such model in models (have {sorted(config['models'])})")
 
 PERSONA = config["persona"]
+THEORY = config["theory"]
 ENV = "../../envs/suite.yaml"
+
+_needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["single_token"]["model"])] + [
+    (f"theory.controlled.datasets.{d}.model", spec["model"])
+    for d, spec in THEORY["controlled"]["datasets"].items()
+    if spec["model"] is not None
+]
+for _where, _m in _needs_model:
+    if _m not in config["models"]:
+        raise WorkflowError(f"{_where}: no such model {_m!r} in models (have {sorted(config['models'])})")
+if "stsb" in THEORY["controlled"]["datasets"] and THEORY["controlled"]["datasets"]["stsb"]["model"] is None:
+    raise WorkflowError("theory.controlled.datasets.stsb.model: STS-B needs a BERT classifier from models")
 
 
 wildcard_constraints:
@@ -31,6 +43,10 @@ wildcard_constraints:
     loss="dpo|ipo",
     seed=r"\d+",
     pair=r"[^/]+-[^/]+",
+    dataset="digits|mnist|cifar10|stsb",
+    variant=r"[A-Za-z0-9_]+",
+    method="sft|rft_exact|reinforce",
+    family="micro|single-token",
 
 
 def model_spec_json(wildcards):
@@ -79,7 +95,52 @@ def persona_figures():
     ]
 
 
+def controlled_dataset(wildcards):
+    if wildcards.dataset not in THEORY["controlled"]["datasets"]:
+        raise WorkflowError(f"dataset {wildcards.dataset!r} is not in theory.controlled.datasets")
+    return THEORY["controlled"]["datasets"][wildcards.dataset]
+
+
+def controlled_variant(wildcards):
+    spec = controlled_dataset(wildcards)["finetune"]
+    if wildcards.variant not in spec:
+        raise WorkflowError(f"no finetune variant {wildcards.variant!r} for {wildcards.dataset}")
+    return spec[wildcards.variant]
+
+
+def controlled_model_input(wildcards):
+    """The prepared BERT folder for stsb; nothing for the image/digit datasets."""
+    name = controlled_dataset(wildcards)["model"]
+    return {"model": f"resources/models/{name}"} if name else {}
+
+
+def controlled_runs():
+    c = THEORY["controlled"]
+    return [
+        f"results/{SCALE}/theory/controlled/{d}/{v}/{m}/seed~{seed}"
+        for d, spec in c["datasets"].items()
+        for v, var in spec["finetune"].items()
+        for m in var["methods"]
+        for seed in c["seeds"]
+    ]
+
+
+def theory_figures():
+    return [f"figures/{SCALE}/table_theory.{ext}" for ext in ("csv", "md")] + [
+        f"figures/{SCALE}/theory_{name}.{ext}"
+        for name in ("theorem1", "controlled", "separation")
+        for ext in ("png", "pdf")
+    ]
+
+
+def theory_results():
+    return [f"results/{SCALE}/theory/{name}.csv" for name in ("controlled", "separation")] + [
+        f"results/{SCALE}/theory/theorem1/{family}.csv" for family in ("micro", "single-token")
+    ]
+
+
 def final_outputs():
     # The tidy CSVs are targets too: figures/tiny/ is committed (README gallery), so on a fresh clone
     # the figures alone would look up to date; the missing CSVs make the whole branch run.
-    return [f"results/{SCALE}/persona/{name}.csv" for name in ("runs", "steps")] + persona_figures()
+    persona = [f"results/{SCALE}/persona/{name}.csv" for name in ("runs", "steps")] + persona_figures()
+    return persona + theory_results() + theory_figures()
