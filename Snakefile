@@ -22,6 +22,12 @@
 #   results/<scale>/theory/{controlled,separation}.csv     tidy aggregates (P1 §4.2 curves; §4.3 steps per sigma)
 #   figures/<scale>/table_theory.{csv,md}                  bound share, envelope/separation slopes, final rewards
 #   figures/<scale>/theory_{theorem1,controlled,separation}.{png,pdf}
+#   resources/data/grue/<loader>.jsonl                     normalised GRUE task records (prompt, references, meta)
+#   results/<scale>/rft/sentiment_reward/{model.json,report.json}   tiny: the sentiment reward trained in the DAG
+#   results/<scale>/rft/stats/<task>/<model>/{per_input.csv,samples.jsonl,summary.json}
+#                                                          P1 Finding I: reward mean/std of k samples per input
+#   results/<scale>/rft/reward_stats.csv                   tidy, every task x model x input
+#   figures/<scale>/table_reward_stats.{csv,md}, figures/<scale>/rft_reward_stats.{png,pdf}
 #   logs/<scale>/<rule>/...log                             one log per job
 
 
@@ -35,6 +41,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/persona.smk"
 include: "workflow/rules/theory.smk"
+include: "workflow/rules/rft.smk"
 
 
 rule all:

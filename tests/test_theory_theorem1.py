@@ -151,7 +151,7 @@ def test_single_token_rows_match_autograd_and_survive_underflow():
     model = micro_transformer(vocab=7, seed=4).float()
     ids = torch.tensor([1, 5, 2])
     logits = model(ids.view(1, -1)).logits[0, -1].double()
-    top2 = logits.topk(2).values
+    top2 = logits.detach().topk(2).values
     tiny_tau = float(top2[0] - top2[1]) / 60  # p(second) / p(first) = e^-60
     rows = single_token_rows(model, [ids], temperatures=[1.0, tiny_tau], rewards=["random"], seed=3, iters=60)
     params = dict(model.named_parameters())

@@ -30,8 +30,8 @@ def load_scale(scale):
     return yaml.safe_load((REPO / "workflow" / "config" / f"{scale}.yaml").read_text())
 
 
-def key_shape(obj, skip=("models", "datasets")):
-    """Nested key structure, ignoring the contents of name-keyed maps (model and dataset names differ
+def key_shape(obj, skip=("models", "datasets", "tasks")):
+    """Nested key structure, ignoring the contents of name-keyed maps (model, dataset and task names differ
     by scale; the schema checks each entry's keys)."""
     if isinstance(obj, dict):
         return {k: (None if k in skip else key_shape(v)) for k, v in obj.items()}
@@ -100,7 +100,13 @@ def test_paper_scale_plans_every_persona_run():
     assert r.returncode == 0, r.stderr
     counts = job_counts(r.stdout)
     assert counts["persona_dpo"] == 3 * 2 * 3 * 10  # models x pairs x settings x seeds
-    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 4  # + bert-mini for STS-B
+    # OLMo-1B, Gemma-2B, Llama-3-8B; bert-mini (STS-B); t5-base, gpt2, gpt2-imdb, distilbert-imdb (GRUE)
+    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 8
+    rft = load_scale("paper")["rft"]
+    assert set(rft["tasks"]) == {"imdb", "common_gen", "totto", "iwslt2017", "cnn_dailymail", "narrative_qa",
+                                 "daily_dialog"}
+    assert {t["model"] for t in rft["tasks"].values()} == {"t5-base", "gpt2", "gpt2-imdb"}
+    assert counts["prepare_grue_task"] == counts["reward_stats"] == 7 and "train_sentiment_reward" not in counts
     controlled = load_scale("paper")["theory"]["controlled"]
     assert set(controlled["datasets"]) == {"mnist", "cifar10", "stsb"}
     n_finetune = sum(len(v["methods"]) for d in controlled["datasets"].values() for v in d["finetune"].values())
@@ -128,7 +134,8 @@ def test_slurm_profile_plans_paper_scale():
     assert job_counts(r.stdout)["persona_dpo"] == 180
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/profile.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
-    for rule in ("persona_sft", "persona_dpo", "theorem1_single_token", "controlled_pretrain", "controlled_finetune"):
+    for rule in ("persona_sft", "persona_dpo", "theorem1_single_token", "controlled_pretrain", "controlled_finetune",
+                 "reward_stats"):
         assert profile["set-resources"][rule]["gpu"] == 1
         assert {"mem_mb", "runtime"} <= set(profile["set-resources"][rule])
 
@@ -189,6 +196,20 @@ def test_smoke_theory_branch_end_to_end(smoke_run):
     assert table.loc[table.quantity.str.startswith("inputs with"), "ours"].str.contains(r"\(100\.0 %\)").all()
     for name in ("theorem1", "controlled", "separation"):
         assert (smoke_run / f"figures/smoke/theory_{name}.png").stat().st_size > 5000
+
+
+def test_smoke_rft_reward_stats_end_to_end(smoke_run):
+    cfg = load_scale("smoke")["rft"]
+    df = pd.read_csv(smoke_run / "results/smoke/rft/reward_stats.csv")
+    assert set(df["task"]) == set(cfg["tasks"]) and set(df["model"]) == {"micro-llama", "micro-t5"}
+    assert (df.groupby("task").size() == cfg["stats"]["n_inputs"]).all()
+    assert (df["n_samples"] == cfg["stats"]["samples"]).all() and (df["std"] >= 0).all()
+    assert df["mean"].between(0, 1).all()
+    table = pd.read_csv(smoke_run / "figures/smoke/table_reward_stats.csv")
+    assert len(table) == len(cfg["tasks"]) and table["source"].str.startswith("ours, smoke scale").all()
+    report = read_json(smoke_run / "results/smoke/rft/sentiment_reward/report.json")
+    assert 0.5 < report["heldout_accuracy"] <= 1
+    assert (smoke_run / "figures/smoke/rft_reward_stats.png").stat().st_size > 5000
 
 
 def test_smoke_rerun_has_nothing_to_do(smoke_run):

@@ -73,3 +73,20 @@ def load_causal_lm(path: str | os.PathLike, device: str = "cpu",
     model.to(resolve_device(device))
     model.eval()
     return model
+
+
+def load_generator(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | str = torch.float32):
+    """A model for ``generate``: the seq2seq LM when the folder's config is encoder-decoder (T5),
+    else the causal LM. Local safetensors only, eval mode."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    folder = _folder(path)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=_trust_remote_code(folder))
+    if not getattr(config, "is_encoder_decoder", False):
+        return load_causal_lm(folder, device, dtype)
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, dtype=_dtype(dtype),
+        trust_remote_code=_trust_remote_code(folder))
+    model.to(resolve_device(device))
+    model.eval()
+    return model

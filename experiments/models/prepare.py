@@ -8,7 +8,7 @@ and never touches a network or a model hub.
 Sources
 -------
 ``random``
-    A micro Llama model for CI, with a byte-level BPE tokenizer trained in code on a fixed
+    A micro Llama model (or, with ``architecture: t5``, a micro T5 encoder-decoder) for CI, with a byte-level BPE tokenizer trained in code on a fixed
     synthetic corpus. The same spec gives byte-identical files on every run. Keys:
     ``architecture`` ("llama"), ``num_layers``, ``hidden_size``, ``num_heads``,
     ``intermediate_size``, ``seed``, ``vocab_size``, ``single_token_words``; optional
@@ -134,9 +134,9 @@ def validate_spec(spec: Any) -> dict:
                      "intermediate_size": int, "seed": int, "vocab_size": int,
                      "single_token_words": list},
                     {"num_kv_heads": int, "max_position_embeddings": int})
-        if spec["architecture"] != "llama":
+        if spec["architecture"] not in ("llama", "t5"):
             raise PrepareError(f"source 'random': architecture {spec['architecture']!r} is not "
-                               "supported; supported: llama")
+                               "supported; supported: llama, t5")
         spec.setdefault("num_kv_heads", spec["num_heads"])
         spec.setdefault("max_position_embeddings", 512)
         for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
@@ -282,30 +282,46 @@ def word_variants(words: list[str]) -> list[str]:
     return list(dict.fromkeys(v for w in words for v in (w, " " + w, w.lower(), " " + w.lower())))
 
 
+def _random_t5(spec: dict, vocab: int, eos: int, pad: int):
+    """A micro T5 (encoder-decoder) for the seq2seq path at smoke scale; decoding starts from pad, as T5."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=vocab, d_model=spec["hidden_size"], d_ff=spec["intermediate_size"],
+                      d_kv=spec["hidden_size"] // spec["num_heads"], num_layers=spec["num_layers"],
+                      num_heads=spec["num_heads"], eos_token_id=eos, pad_token_id=pad,
+                      decoder_start_token_id=pad, tie_word_embeddings=True)
+    return T5ForConditionalGeneration(config)
+
+
 def _prepare_random(spec: dict, tmp: Path) -> dict:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_random_tokenizer(spec["vocab_size"], spec["single_token_words"])
     bos, eos, pad = (tokenizer.convert_tokens_to_ids(t) for t in RANDOM_SPECIAL_TOKENS)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec["hidden_size"],
-        intermediate_size=spec["intermediate_size"],
-        num_hidden_layers=spec["num_layers"],
-        num_attention_heads=spec["num_heads"],
-        num_key_value_heads=spec["num_kv_heads"],
-        max_position_embeddings=spec["max_position_embeddings"],
-        tie_word_embeddings=True,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec["seed"])
-        model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos,
-                                               pad_token_id=pad)
+        if spec["architecture"] == "t5":
+            model = _random_t5(spec, len(tokenizer), eos, pad)
+            model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad,
+                                                       decoder_start_token_id=pad)
+        else:
+            config = LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=spec["hidden_size"],
+                intermediate_size=spec["intermediate_size"],
+                num_hidden_layers=spec["num_layers"],
+                num_attention_heads=spec["num_heads"],
+                num_key_value_heads=spec["num_kv_heads"],
+                max_position_embeddings=spec["max_position_embeddings"],
+                tie_word_embeddings=True,
+                bos_token_id=bos,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+            model = LlamaForCausalLM(config)
+            model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos,
+                                                       pad_token_id=pad)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return {"parameters": model.num_parameters(), "tokenizer_size": len(tokenizer),

@@ -22,6 +22,7 @@ for _m in config["persona"]["models"]:
 
 PERSONA = config["persona"]
 THEORY = config["theory"]
+RFT = config["rft"]
 ENV = "../../envs/suite.yaml"
 
 _needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["single_token"]["model"])] + [
@@ -29,6 +30,9 @@ _needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["singl
     for d, spec in THEORY["controlled"]["datasets"].items()
     if spec["model"] is not None
 ]
+_needs_model += [(f"rft.tasks.{t}.model", spec["model"]) for t, spec in RFT["tasks"].items()]
+if RFT["sentiment_model"] is not None:
+    _needs_model.append(("rft.sentiment_model", RFT["sentiment_model"]))
 for _where, _m in _needs_model:
     if _m not in config["models"]:
         raise WorkflowError(f"{_where}: no such model {_m!r} in models (have {sorted(config['models'])})")
@@ -47,6 +51,8 @@ wildcard_constraints:
     variant=r"[A-Za-z0-9_]+",
     method="sft|rft_exact|reinforce",
     family="micro|single-token",
+    task="|".join(RFT["tasks"]),
+    loader=r"[a-z0-9_]+",
 
 
 def model_spec_json(wildcards):
@@ -139,8 +145,32 @@ def theory_results():
     ]
 
 
+def rft_task(wildcards):
+    return RFT["tasks"][wildcards.task]
+
+
+def sentiment_reward_input(wildcards):
+    """The learned-sentiment reward model of a task: the classifier trained in the DAG, or a prepared one."""
+    if RFT["tasks"][wildcards.task]["reward"] != "learned_sentiment":
+        return {}
+    if RFT["sentiment_model"] is None:
+        return {"reward_model": f"results/{wildcards.scale}/rft/sentiment_reward/model.json"}
+    return {"reward_model": f"resources/models/{RFT['sentiment_model']}"}
+
+
+def rft_stats_runs():
+    return [f"results/{SCALE}/rft/stats/{t}/{spec['model']}" for t, spec in RFT["tasks"].items()]
+
+
+def rft_figures():
+    return [f"figures/{SCALE}/table_reward_stats.{ext}" for ext in ("csv", "md")] + [
+        f"figures/{SCALE}/rft_reward_stats.{ext}" for ext in ("png", "pdf")
+    ]
+
+
 def final_outputs():
     # The tidy CSVs are targets too: figures/tiny/ is committed (README gallery), so on a fresh clone
     # the figures alone would look up to date; the missing CSVs make the whole branch run.
     persona = [f"results/{SCALE}/persona/{name}.csv" for name in ("runs", "steps")] + persona_figures()
-    return persona + theory_results() + theory_figures()
+    rft = [f"results/{SCALE}/rft/reward_stats.csv"] + rft_figures()
+    return persona + theory_results() + theory_figures() + rft
