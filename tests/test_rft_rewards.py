@@ -1,7 +1,6 @@
 """P1 rewards on known strings, with hand-computed values (experiments.rft.rewards / .sentiment)."""
 
 import json
-import math
 import os
 from pathlib import Path
 

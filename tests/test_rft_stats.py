@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from experiments.rft.stats import encode_batch, per_input_stats, sample_batch, select_inputs
 

@@ -240,19 +240,19 @@ def _check(prompts, predictions, references) -> None:
 def meteor(prompts: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]],
            *, wordnet=None) -> np.ndarray:
     _check(prompts, predictions, references)
-    return np.array([meteor_single(p, r, wordnet) for p, r in zip(predictions, references)], dtype=float)
+    return np.array([meteor_single(p, r, wordnet) for p, r in zip(predictions, references, strict=True)], dtype=float)
 
 
 def rouge_l_max(prompts: Sequence[str], predictions: Sequence[str],
                 references: Sequence[Sequence[str]]) -> np.ndarray:
     _check(prompts, predictions, references)
-    return np.array([rouge_l_max_single(p, r) for p, r in zip(predictions, references)], dtype=float)
+    return np.array([rouge_l_max_single(p, r) for p, r in zip(predictions, references, strict=True)], dtype=float)
 
 
 def sacrebleu(prompts: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]],
               *, tokenize: str = "13a") -> np.ndarray:
     _check(prompts, predictions, references)
-    return np.array([sacrebleu_single(p, r, tokenize) for p, r in zip(predictions, references)], dtype=float)
+    return np.array([sacrebleu_single(p, r, tokenize) for p, r in zip(predictions, references, strict=True)], dtype=float)
 
 
 def learned_sentiment(prompts: Sequence[str], predictions: Sequence[str],
@@ -263,7 +263,7 @@ def learned_sentiment(prompts: Sequence[str], predictions: Sequence[str],
     from experiments.rft.sentiment import load_sentiment_scorer
 
     _check(prompts, predictions, references)
-    texts = [(p + g) if include_prompt else g for p, g in zip(prompts, predictions)]
+    texts = [(p + g) if include_prompt else g for p, g in zip(prompts, predictions, strict=True)]
     return load_sentiment_scorer(str(model), device=device, batch_size=batch_size)(texts)
 
 
