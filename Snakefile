@@ -28,6 +28,11 @@
 #                                                          P1 Finding I: reward mean/std of k samples per input
 #   results/<scale>/rft/reward_stats.csv                   tidy, every task x model x input
 #   figures/<scale>/table_reward_stats.{csv,md}, figures/<scale>/rft_reward_stats.{png,pdf}
+#   resources/data/preferences/<dataset>.jsonl             normalised preference pairs (id, prompt, chosen, rejected)
+#   results/<scale>/ches/<model>/<dataset>/scores.csv      CHES, length-normalised CHES, -edit distance, last-hidden similarity
+#   results/<scale>/ches/<model>/<dataset>/<loss>/<measure>/q~<quantile>/seed~<n>/{summary.json,per_example.csv}
+#                                                          DPO on the subset centred at that quantile of the measure
+#   results/<scale>/ches/runs.csv; figures/<scale>/table_ches.{csv,md}, figures/<scale>/ches_quantiles.{png,pdf}
 #   logs/<scale>/<rule>/...log                             one log per job
 
 
@@ -42,6 +47,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/persona.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/rft.smk"
+include: "workflow/rules/ches.smk"
 
 
 rule all:

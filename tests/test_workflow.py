@@ -107,6 +107,8 @@ def test_paper_scale_plans_every_persona_run():
                                  "daily_dialog"}
     assert {t["model"] for t in rft["tasks"].values()} == {"t5-base", "gpt2", "gpt2-imdb"}
     assert counts["prepare_grue_task"] == counts["reward_stats"] == 7 and "train_sentiment_reward" not in counts
+    # P2 Fig. 2: 3 models x 2 datasets x 3 measures x 5 quantiles x 3 seeds, for DPO and for IPO
+    assert counts["ches_score"] == 3 * 2 and counts["ches_dpo"] == 3 * 2 * 3 * 5 * 3 * 2
     controlled = load_scale("paper")["theory"]["controlled"]
     assert set(controlled["datasets"]) == {"mnist", "cifar10", "stsb"}
     n_finetune = sum(len(v["methods"]) for d in controlled["datasets"].values() for v in d["finetune"].values())
@@ -135,7 +137,7 @@ def test_slurm_profile_plans_paper_scale():
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/profile.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
     for rule in ("persona_sft", "persona_dpo", "theorem1_single_token", "controlled_pretrain", "controlled_finetune",
-                 "reward_stats"):
+                 "reward_stats", "ches_score", "ches_dpo"):
         assert profile["set-resources"][rule]["gpu"] == 1
         assert {"mem_mb", "runtime"} <= set(profile["set-resources"][rule])
 
@@ -210,6 +212,20 @@ def test_smoke_rft_reward_stats_end_to_end(smoke_run):
     report = read_json(smoke_run / "results/smoke/rft/sentiment_reward/report.json")
     assert 0.5 < report["heldout_accuracy"] <= 1
     assert (smoke_run / "figures/smoke/rft_reward_stats.png").stat().st_size > 5000
+
+
+def test_smoke_ches_branch_end_to_end(smoke_run):
+    cfg = load_scale("smoke")["ches"]
+    scores = pd.read_csv(smoke_run / "results/smoke/ches/micro-llama/ultrafeedback/scores.csv")
+    assert len(scores) == cfg["datasets"]["ultrafeedback"]["n"]
+    assert {"ches", "ches_ln", "minus_edit_distance", "hidden_inner_prod"} <= set(scores.columns)
+    assert (scores["minus_edit_distance"] <= 0).all() and scores["ches"].notna().all()
+    runs = pd.read_csv(smoke_run / "results/smoke/ches/runs.csv")
+    assert len(runs) == len(cfg["measures"]) * len(cfg["quantiles"]) * len(cfg["seeds"])
+    assert (runs["n"] == cfg["dpo"]["subset_size"]).all() and runs["delta_logp_chosen"].notna().all()
+    table = pd.read_csv(smoke_run / "figures/smoke/table_ches.csv")
+    assert len(table) == len(cfg["measures"]) and table["source"].str.startswith("ours, smoke scale").all()
+    assert (smoke_run / "figures/smoke/ches_quantiles.png").stat().st_size > 5000
 
 
 def test_smoke_rerun_has_nothing_to_do(smoke_run):

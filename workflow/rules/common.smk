@@ -23,6 +23,7 @@ for _m in config["persona"]["models"]:
 PERSONA = config["persona"]
 THEORY = config["theory"]
 RFT = config["rft"]
+CHES = config["ches"]
 ENV = "../../envs/suite.yaml"
 
 _needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["single_token"]["model"])] + [
@@ -31,6 +32,7 @@ _needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["singl
     if spec["model"] is not None
 ]
 _needs_model += [(f"rft.tasks.{t}.model", spec["model"]) for t, spec in RFT["tasks"].items()]
+_needs_model += [("ches.models", m) for m in CHES["models"]]
 if RFT["sentiment_model"] is not None:
     _needs_model.append(("rft.sentiment_model", RFT["sentiment_model"]))
 for _where, _m in _needs_model:
@@ -53,6 +55,10 @@ wildcard_constraints:
     family="micro|single-token",
     task="|".join(RFT["tasks"]),
     loader=r"[a-z0-9_]+",
+    dataset_pref="|".join(CHES["datasets"]),
+    measure="ches|ches_ln|minus_edit_distance|hidden_inner_prod",
+    quantile=r"[0-9.]+",
+    ches_loss="dpo|ipo",
 
 
 def model_spec_json(wildcards):
@@ -168,9 +174,29 @@ def rft_figures():
     ]
 
 
+def ches_runs():
+    d = CHES["dpo"]
+    return [
+        f"results/{SCALE}/ches/{m}/{ds}/{loss}/{measure}/q~{q:g}/seed~{seed}"
+        for m in CHES["models"]
+        for ds in CHES["datasets"]
+        for loss in d["losses"]
+        for measure in CHES["measures"]
+        for q in CHES["quantiles"]
+        for seed in CHES["seeds"]
+    ]
+
+
+def ches_figures():
+    return [f"figures/{SCALE}/table_ches.{ext}" for ext in ("csv", "md")] + [
+        f"figures/{SCALE}/ches_quantiles.{ext}" for ext in ("png", "pdf")
+    ]
+
+
 def final_outputs():
     # The tidy CSVs are targets too: figures/tiny/ is committed (README gallery), so on a fresh clone
     # the figures alone would look up to date; the missing CSVs make the whole branch run.
     persona = [f"results/{SCALE}/persona/{name}.csv" for name in ("runs", "steps")] + persona_figures()
     rft = [f"results/{SCALE}/rft/reward_stats.csv"] + rft_figures()
-    return persona + theory_results() + theory_figures() + rft
+    ches = [f"results/{SCALE}/ches/runs.csv"] + ches_figures()
+    return persona + theory_results() + theory_figures() + rft + ches

@@ -1,0 +1,366 @@
+"""One quantile-subset DPO/IPO run of P2 §5 (Fig. 2) through TRL's ``DPOTrainer``.
+
+The subset is the ``--subset-size`` records centred at quantile ``--quantile`` of one similarity
+measure from the scorer's CSV (:func:`experiments.ches.subsets.quantile_subset`). Before and after
+training, the summed-token ln π(y+|x) and ln π(y−|x) of every subset record are computed by
+:func:`sequence_logps` over exactly the tokens the trainer trains on; the P2 metric is the mean change
+of ln π(y+|x) over the subset (official ``preferred_logprobs_change_mean``).
+
+Tokens (the same for scoring, training and measuring):
+
+* prompt and responses are tokenised by the scorer (:func:`experiments.ches.scorer.encode_record`):
+  chat = the prompt as one user turn with the generation prompt, plain = ``prompt + "\\n"`` with the
+  tokenizer's special tokens; responses ``encode(response, add_special_tokens=False)``; truncation
+  keeps the END of the prompt (``--max-prompt-tokens``) and the START of each response
+  (``--max-response-tokens``);
+* the trained completion is the response ids plus the EOS id when the response was not truncated
+  (the official runner trains on ``response + EOS`` and its length cut removes the EOS of cut
+  responses); ``--no-eos`` trains on the response ids alone.
+
+TRL is given these ids directly (``prompt_ids``/``chosen_ids``/``rejected_ids``, the columns its
+own tokenisation produces), so its collator concatenates, masks the prompt and right-pads them
+unchanged (``max_length=None``: no second truncation). The reference log-probs are the "before"
+values (``precompute_ref_log_probs``: the reference is the initial model, with no second copy in
+memory). Seed: the subset order and the trainer's shuffling; the subset itself is fixed by
+measure + quantile.
+
+Note: TRL's ``loss_type="ipo"`` divides each log-ratio by its completion length (TRL docstring: the
+IPO authors' normalised form); the official P2 code uses token sums.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from experiments.common.cli import UserError, main_guard
+from experiments.common.io import atomic_path, read_jsonl, run_manifest, write_json
+from experiments.common.torchutil import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    set_seed,
+    set_threads,
+)
+
+log = logging.getLogger("ches_dpo")
+
+LOSSES = {"dpo": "sigmoid", "ipo": "ipo"}
+SUMMARY_KEYS = ("measure", "quantile", "seed", "loss", "n", "logp_chosen_before", "logp_chosen_after",
+                "delta_logp_chosen", "delta_logp_rejected", "train_loss_first", "train_loss_last", "steps",
+                "manifest")
+PER_EXAMPLE = ["id", "value", "prompt_tokens", "chosen_tokens", "rejected_tokens",
+               "logp_chosen_before", "logp_chosen_after", "delta_logp_chosen",
+               "logp_rejected_before", "logp_rejected_after", "delta_logp_rejected"]
+
+
+# ------------------------------------------------------------------------------------------ data
+def read_measure(path: str | Path, measure: str) -> tuple[list[str], list[float]]:
+    """(ids, values) of one measure column of a scores CSV, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"scores file {path} does not exist")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "id" not in cols:
+            raise UserError(f"{path}: not a scores CSV (no 'id' column)")
+        measures = [c for c in cols if c != "id"]
+        if measure not in measures:
+            raise UserError(f"unknown measure {measure!r}: {path} has columns {measures}")
+        ids, values = [], []
+        for lineno, row in enumerate(reader, 2):
+            try:
+                v = float(row[measure])
+            except (TypeError, ValueError):
+                raise UserError(f"{path}:{lineno}: {measure} is not a number ({row[measure]!r})") from None
+            if math.isnan(v):
+                raise UserError(f"{path}:{lineno}: {measure} is NaN")
+            ids.append(str(row["id"]))
+            values.append(v)
+    if not ids:
+        raise UserError(f"scores file {path} has no rows")
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path}: ids are not unique")
+    return ids, values
+
+
+def select_subset(ids: list[str], values: list[float], records: dict[str, dict], quantile: float,
+                  n: int, data_path: str = "data") -> list[tuple[str, float]]:
+    """The (id, value) pairs of the subset, ascending by value (``quantile_subset``'s order)."""
+    from experiments.ches.subsets import quantile_subset
+
+    if not 0.0 <= quantile <= 1.0:
+        raise UserError(f"--quantile must be in [0, 1], got {quantile}")
+    if n < 1:
+        raise UserError(f"--subset-size must be >= 1, got {n}")
+    missing = [i for i in ids if i not in records]
+    if missing:
+        raise UserError(f"{len(missing)} id(s) in the scores are missing from {data_path} "
+                        f"(first: {missing[0]!r}); score and train on the same data file")
+    if n > len(ids):
+        raise UserError(f"--subset-size {n} is larger than the {len(ids)} scored records")
+    try:
+        picked = quantile_subset(values, quantile, n)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return [(ids[i], values[i]) for i in picked]
+
+
+def encode_subset(tokenizer, recs: list[dict], fmt: str, max_prompt: int | None, max_response: int | None,
+                  eos: bool) -> list[dict]:
+    """Token ids as the trainer sees them: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``."""
+    from experiments.ches.scorer import encode_record
+
+    eos_id = tokenizer.eos_token_id
+    if eos and eos_id is None:
+        raise UserError("the tokenizer has no EOS token: use --no-eos")
+    rows = []
+    for rec in recs:
+        e = encode_record(tokenizer, rec, fmt, max_prompt, max_response, f"record {rec['id']!r}")
+        tail = {k: ([eos_id] if eos and k not in e.truncated else []) for k in ("chosen", "rejected")}
+        rows.append({"id": e.id, "prompt_ids": list(e.prompt), "chosen_ids": list(e.chosen) + tail["chosen"],
+                     "rejected_ids": list(e.rejected) + tail["rejected"]})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- math
+@torch.no_grad()
+def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]], *, batch_size: int = 8,
+                   precision: str = "fp32", pad_id: int = 0) -> torch.Tensor:
+    """Σ_k ln π(c_k | prompt, c_<k) for each (prompt, completion) pair, as float64 [N].
+
+    Right padding with an attention mask and positions 0..L-1 (what TRL's collator feeds the model);
+    log-softmax in fp32. The model is put in eval mode (no dropout) and left there.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    for b in range(0, len(prompts), batch_size):
+        ps, cs = prompts[b:b + batch_size], completions[b:b + batch_size]
+        seqs = [p + c for p, c in zip(ps, cs)]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        comp = torch.zeros_like(ids, dtype=torch.bool)
+        for r, (p, c) in enumerate(zip(ps, cs)):
+            ids[r, :len(p) + len(c)] = torch.tensor(p + c)
+            mask[r, :len(p) + len(c)] = 1
+            comp[r, len(p):len(p) + len(c)] = True
+        pos = torch.arange(width).unsqueeze(0).expand_as(ids)
+        with autocast(precision, device):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=pos.to(device), use_cache=False).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        tok = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+        out[b:b + len(seqs)] = (tok.double() * comp[:, 1:].to(device)).sum(1).cpu()
+    return out
+
+
+# -------------------------------------------------------------------------------------- training
+def _trainer_class():
+    from trl import DPOTrainer
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        """DPOTrainer on a dataset that already holds TRL's tokenised columns (``prompt_ids``,
+        ``chosen_ids``, ``rejected_ids``) and the reference log-probs (``ref_chosen_logps``,
+        ``ref_rejected_logps``): both preparation passes are identities."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            missing = {"ref_chosen_logps", "ref_rejected_logps"} - set(dataset.column_names)
+            if missing:
+                raise ValueError(f"dataset lacks {sorted(missing)}")
+            return dataset
+
+    return PretokenizedDPOTrainer
+
+
+def _callbacks():
+    from transformers import TrainerCallback
+
+    class NanGuard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise UserError(f"training loss is {loss} at step {state.global_step}; lower --lr or use fp32")
+
+    return [NanGuard()]
+
+
+def train(model, tokenizer, rows: list[dict], *, loss: str, beta: float, lr: float, batch_size: int,
+          epochs: int, seed: int, precision: str, device: torch.device, work_dir: Path) -> dict:
+    """Run TRL's DPOTrainer over ``rows`` (with ``ref_*_logps``); returns the trainer's log history."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    cfg = DPOConfig(
+        output_dir=str(work_dir), loss_type=[LOSSES[loss]], beta=beta, learning_rate=lr, optim="rmsprop",
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
+        num_train_epochs=epochs, per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
+        seed=seed, data_seed=seed, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
+        bf16=precision == "bf16", fp16=False, use_cpu=device.type == "cpu", max_length=None,
+        precompute_ref_log_probs=True, gradient_checkpointing=False, dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+    ds = Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids",
+                                                "ref_chosen_logps", "ref_rejected_logps")} for r in rows])
+    trainer = _trainer_class()(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
+                               callbacks=_callbacks())
+    trainer.train()
+    return {"log_history": list(trainer.state.log_history), "steps": int(trainer.state.global_step),
+            "trainer": trainer}
+
+
+# ------------------------------------------------------------------------------------------- run
+def run(args) -> dict:
+    from experiments.models.load import load_causal_lm, load_tokenizer
+    from experiments.persona.prompts import resolve_format
+
+    started = time.time()
+    if args.loss not in LOSSES:
+        raise UserError(f"unknown --loss {args.loss!r}: use dpo or ipo")
+    for name in ("beta", "lr"):
+        if not getattr(args, name) > 0:
+            raise UserError(f"--{name} must be > 0")
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError("--batch-size and --epochs must be >= 1")
+    if not 0.0 <= args.quantile <= 1.0:
+        raise UserError(f"--quantile must be in [0, 1], got {args.quantile}")
+    ids, values = read_measure(args.scores, args.measure)
+    data = Path(args.data)
+    if not data.is_file():
+        raise UserError(f"data file {data} does not exist")
+    try:
+        records = {str(r["id"]): r for r in read_jsonl(data)}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{data}: not a preference JSONL ({e})") from None
+    subset = select_subset(ids, values, records, args.quantile, args.subset_size, str(data))
+
+    set_threads(args.threads)
+    set_seed(args.seed)
+    device = resolve_device(args.device)
+    try:
+        precision = resolve_precision(args.precision, device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        tokenizer = load_tokenizer(args.model)
+        model = load_causal_lm(args.model, device=str(device), dtype=torch.float32)
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    fmt = resolve_format(tokenizer, args.prompt_format)
+    rows = encode_subset(tokenizer, [records[i] for i, _ in subset], fmt, args.max_prompt_tokens or None,
+                         args.max_response_tokens or None, eos=not args.no_eos)
+    value = dict(subset)
+    # the seed orders the subset (the trainer shuffles it again with the same seed)
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    rows = [rows[i] for i in perm]
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    P = [r["prompt_ids"] for r in rows]
+
+    def measure():
+        c = sequence_logps(model, P, [r["chosen_ids"] for r in rows], batch_size=args.batch_size,
+                           precision=precision, pad_id=pad)
+        rj = sequence_logps(model, P, [r["rejected_ids"] for r in rows], batch_size=args.batch_size,
+                            precision=precision, pad_id=pad)
+        return c, rj
+
+    c0, r0 = measure()
+    for r, a, b in zip(rows, c0.tolist(), r0.tolist()):
+        r["ref_chosen_logps"], r["ref_rejected_logps"] = a, b
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".trainer.", dir=out_dir))
+    t_train = time.time()
+    try:
+        result = train(model, tokenizer, rows, loss=args.loss, beta=args.beta, lr=args.lr,
+                       batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, precision=precision,
+                       device=device, work_dir=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    train_s = time.time() - t_train
+    c1, r1 = measure()
+    if not (torch.isfinite(c1).all() and torch.isfinite(r1).all()):
+        raise UserError(f"ln π is not finite after training ({result['steps']} steps); lower --lr or use fp32")
+    losses = [h["loss"] for h in result["log_history"] if "loss" in h]
+    if not losses:
+        raise UserError("the trainer logged no loss (no training step ran)")
+
+    with atomic_path(out_dir / "per_example.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(PER_EXAMPLE)
+        for k, r in enumerate(rows):
+            w.writerow([r["id"], repr(value[r["id"]]), len(r["prompt_ids"]), len(r["chosen_ids"]),
+                        len(r["rejected_ids"]), repr(float(c0[k])), repr(float(c1[k])),
+                        repr(float(c1[k] - c0[k])), repr(float(r0[k])), repr(float(r1[k])),
+                        repr(float(r1[k] - r0[k]))])
+    summary = {
+        "measure": args.measure, "quantile": args.quantile, "seed": args.seed, "loss": args.loss,
+        "n": len(rows), "beta": args.beta, "lr": args.lr, "batch_size": args.batch_size,
+        "epochs": args.epochs, "precision": precision, "prompt_format": fmt, "eos": not args.no_eos,
+        "measure_min": min(value.values()), "measure_max": max(value.values()),
+        "logp_chosen_before": float(c0.mean()), "logp_chosen_after": float(c1.mean()),
+        "delta_logp_chosen": float((c1 - c0).mean()),
+        "logp_rejected_before": float(r0.mean()), "logp_rejected_after": float(r1.mean()),
+        "delta_logp_rejected": float((r1 - r0).mean()),
+        "train_loss_first": float(losses[0]), "train_loss_last": float(losses[-1]),
+        "train_losses": [float(x) for x in losses], "steps": result["steps"],
+        "train_seconds": round(train_s, 3),
+        "train_runtime": next((h["train_runtime"] for h in result["log_history"] if "train_runtime" in h), None), "seconds_per_step": round(train_s / max(result["steps"], 1), 3),
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads,
+                                 model=str(args.model), data=str(args.data), scores=str(args.scores)),
+    }
+    write_json(out_dir / "summary.json", summary)
+    log.info("%s q=%s seed=%d %s: n=%d steps=%d  Δ ln π(y+)=%.4f  Δ ln π(y−)=%.4f  loss %.4f -> %.4f (%.2fs/step)",
+             args.measure, args.quantile, args.seed, args.loss, len(rows), result["steps"],
+             summary["delta_logp_chosen"], summary["delta_logp_rejected"], losses[0], losses[-1],
+             summary["seconds_per_step"])
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.ches.dpo", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="prepared model folder")
+    p.add_argument("--data", required=True, help="preference JSONL (experiments.data.preferences)")
+    p.add_argument("--scores", required=True, help="scores CSV of the scorer (same data file)")
+    p.add_argument("--measure", default="ches", help="a column of the scores CSV (ches, ches_ln, ...)")
+    p.add_argument("--quantile", type=float, required=True)
+    p.add_argument("--subset-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss", default="dpo", help="dpo | ipo")
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-7)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--prompt-format", default="auto", help="auto | chat | plain")
+    p.add_argument("--max-prompt-tokens", type=int, default=128, help="keep the END of the prompt (0 = all)")
+    p.add_argument("--max-response-tokens", type=int, default=128, help="keep the START of responses (0 = all)")
+    p.add_argument("--no-eos", action="store_true", help="do not append EOS to untruncated responses")
+    p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", required=True)
+    return p
+
+
+@main_guard
+def main(argv=None):
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""P2 Fig. 2: Δ ln π(y+) after DPO on subsets at quantiles of each similarity measure (from run summaries).
+
+    python -m experiments.ches.report --runs RUN_DIR... --scale tiny --out-csv results/tiny/ches/runs.csv \
+        --out-dir figures/tiny
+
+``RUN_DIR`` = ``results/<scale>/ches/<model>/<dataset>/<loss>/<measure>/q~<q>/seed~<n>/`` with summary.json.
+Outputs: the tidy runs CSV, ``table_ches.{csv,md}`` and ``ches_quantiles.{png,pdf}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from experiments.common.cli import UserError, main_guard
+from experiments.common.io import atomic_path, read_json, write_text
+
+RUN_RE = re.compile(r"ches/(?P<model>[^/]+)/(?P<dataset>[^/]+)/(?P<loss>dpo|ipo)/(?P<measure>[a-z_]+)/"
+                    r"q~(?P<quantile>[0-9.]+)/seed~(?P<seed>\d+)/?$")
+MEASURES = {"ches": "CHES", "ches_ln": "length-normalised CHES", "minus_edit_distance": "− edit distance",
+            "hidden_inner_prod": "last hidden embedding similarity"}
+PAPER = {"ches": "higher quantile → larger decrease, monotone; lowest quantile raises ln π(y+) (P2 Fig. 2)",
+         "ches_ln": "used for filtering (P2 App. A)",
+         "minus_edit_distance": "no such ordering (P2 Fig. 2)",
+         "hidden_inner_prod": "no such ordering (P2 Fig. 2)"}
+
+
+def collect(run_dirs: list[str]) -> pd.DataFrame:
+    rows = []
+    for d in run_dirs:
+        m = RUN_RE.search(Path(d).as_posix())
+        if not m:
+            raise UserError(f"{d}: not a CHES run folder (<model>/<dataset>/<loss>/<measure>/q~<q>/seed~<n>)")
+        s = read_json(Path(d) / "summary.json")
+        rows.append(m.groupdict() | {"quantile": float(m["quantile"]), "seed": int(m["seed"]), "n": s["n"],
+                                     "delta_logp_chosen": s["delta_logp_chosen"],
+                                     "delta_logp_rejected": s["delta_logp_rejected"],
+                                     "logp_chosen_before": s["logp_chosen_before"], "steps": s["steps"]})
+    if not rows:
+        raise UserError("no CHES runs")
+    return pd.DataFrame(rows).sort_values(["model", "dataset", "loss", "measure", "quantile", "seed"],
+                                          kind="stable").reset_index(drop=True)
+
+
+def ches_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
+    """One row per model × dataset × loss × measure: mean Δ ln π(y+) at each quantile (± sd over seeds),
+    the Spearman correlation of quantile with Δ, and whether the top quantile has the largest decrease."""
+    rows = []
+    for (model, dataset, loss, measure), g in runs.groupby(["model", "dataset", "loss", "measure"], sort=False):
+        by_q = g.groupby("quantile")["delta_logp_chosen"]
+        mean, sd = by_q.mean(), by_q.std(ddof=1)
+        seeds = g["seed"].nunique()
+        row = {"model": model, "dataset": dataset, "loss": loss, "measure": MEASURES.get(measure, measure)}
+        for q in mean.index:
+            row[f"Δ ln π(y+) at q={q:g}"] = f"{mean[q]:.3f}" + (f" ± {sd[q]:.3f}" if seeds > 1 else "")
+        row["Spearman(quantile, Δ)"] = round(float(g["quantile"].corr(g["delta_logp_chosen"], method="spearman")), 2)
+        row["lowest Δ at the top quantile"] = bool(mean.idxmin() == mean.index.max())
+        row["paper"] = PAPER.get(measure, "")
+        row["source"] = f"ours, {scale} scale, {seeds} seed{'s' if seeds > 1 else ''}, {int(g['n'].iloc[0])} pairs per subset"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ches_figure(runs: pd.DataFrame, prefix: str) -> None:
+    sns.set_theme(context="paper", style="whitegrid")
+    data = runs.assign(measure=runs["measure"].map(MEASURES).fillna(runs["measure"]),
+                       setting=[f"{m}, {d}, {loss.upper()}" for m, d, loss in
+                                zip(runs["model"], runs["dataset"], runs["loss"], strict=True)])
+    order = [MEASURES[m] for m in MEASURES if MEASURES[m] in set(data["measure"])]
+    settings = data["setting"].unique()
+    grid = sns.relplot(data=data, x="quantile", y="delta_logp_chosen", col="measure",
+                       row="setting" if len(settings) > 1 else None, kind="line", marker="o",
+                       errorbar=("ci", 95), seed=0, col_order=order, height=3.0, aspect=1.15,
+                       facet_kws={"sharey": True, "margin_titles": True})
+    grid.set_titles(col_template="{col_name}", row_template="{row_name}")
+    for ax in grid.axes.flat:
+        ax.axhline(0, color="0.5", lw=0.8)
+    grid.set_axis_labels("quantile of the measure", "Δ ln π(y+) (mean over subset)")
+    title = "P2 Fig. 2: DPO on subsets centred at quantiles of each measure (mean, 95% CI over seeds)"
+    grid.figure.suptitle(title + (f"\n{settings[0]}" if len(settings) == 1 else ""), y=1.12)
+    for ext in ("png", "pdf"):
+        with atomic_path(f"{prefix}.{ext}") as tmp:
+            grid.figure.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
+                                metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+    plt.close(grid.figure)
+
+
+@main_guard
+def main(argv=None):
+    p = argparse.ArgumentParser(description="P2 Fig. 2 table and figure from CHES-quantile DPO runs")
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--scale", required=True)
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-dir", required=True)
+    args = p.parse_args(argv)
+    runs = collect(args.runs)
+    with atomic_path(args.out_csv) as tmp:
+        runs.to_csv(tmp, index=False, float_format="%.6g")
+    table = ches_table(runs, args.scale)
+    out = Path(args.out_dir)
+    with atomic_path(out / "table_ches.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(out / "table_ches.md", table.to_markdown(index=False) + "\n")
+    ches_figure(runs, str(out / "ches_quantiles"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+# P2 §5: CHES scores of preference pairs, and DPO on subsets at quantiles of each similarity measure (Fig. 2).
+
+
+rule prepare_preferences:
+    output:
+        "resources/data/preferences/{dataset_pref}.jsonl",
+    log:
+        "logs/prepare_preferences/{dataset_pref}.log",
+    params:
+        d=lambda w: CHES["datasets"][w.dataset_pref],
+        mirror=config["data_mirror"] or "",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.data.preferences --dataset {params.d[loader]} --mirror={params.mirror:q}"
+        " --n {params.d[n]} --seed {params.d[seed]} --out {output} > {log} 2>&1"
+
+
+rule ches_score:
+    input:
+        model="resources/models/{model}",
+        data="resources/data/preferences/{dataset_pref}.jsonl",
+    output:
+        "results/{scale}/ches/{model}/{dataset_pref}/scores.csv",
+    log:
+        "logs/{scale}/ches_score/{model}/{dataset_pref}.log",
+    params:
+        c=CHES,
+        device=config["device"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.ches score --model {input.model} --data {input.data} --out {output}"
+        " --prompt-format {params.c[prompt_format]} --max-prompt-tokens {params.c[max_prompt_tokens]}"
+        " --max-response-tokens {params.c[max_response_tokens]} --batch-size {params.c[score][batch_size]}"
+        " --precision {params.c[score][precision]} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule ches_dpo:
+    input:
+        model="resources/models/{model}",
+        data="resources/data/preferences/{dataset_pref}.jsonl",
+        scores="results/{scale}/ches/{model}/{dataset_pref}/scores.csv",
+    output:
+        summary="results/{scale}/ches/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}/seed~{seed}/summary.json",
+        per_example="results/{scale}/ches/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}/seed~{seed}/per_example.csv",
+    log:
+        "logs/{scale}/ches_dpo/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}/seed~{seed}.log",
+    params:
+        c=CHES,
+        d=CHES["dpo"],
+        out_dir=subpath(output.summary, parent=True),
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.ches.dpo --model {input.model} --data {input.data} --scores {input.scores}"
+        " --measure {wildcards.measure} --quantile {wildcards.quantile} --subset-size {params.d[subset_size]}"
+        " --seed {wildcards.seed} --loss {wildcards.ches_loss} --beta {params.d[beta]} --lr {params.d[lr]}"
+        " --batch-size {params.d[batch_size]} --epochs {params.d[epochs]} --prompt-format {params.c[prompt_format]}"
+        " --max-prompt-tokens {params.c[max_prompt_tokens]} --max-response-tokens {params.c[max_response_tokens]}"
+        " --precision {params.d[precision]} --device {params.device} --threads {threads}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule ches_figures:
+    input:
+        [f"{run}/summary.json" for run in ches_runs()],
+    output:
+        runs="results/{scale}/ches/runs.csv",
+        table=multiext("figures/{scale}/table_ches", ".csv", ".md"),
+        figure=multiext("figures/{scale}/ches_quantiles", ".png", ".pdf"),
+    log:
+        "logs/{scale}/ches_figures.log",
+    params:
+        runs=ches_runs(),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.ches.report --runs {params.runs} --scale {wildcards.scale}"
+        " --out-csv {output.runs} --out-dir figures/{wildcards.scale} > {log} 2>&1"
