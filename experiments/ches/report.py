@@ -16,12 +16,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_json, write_text
+from experiments.common.io import atomic_path, read_json, save_figure, write_table
 
 RUN_RE = re.compile(r"ches/(?P<model>[^/]+)/(?P<dataset>[^/]+)/(?P<loss>dpo|ipo)/(?P<measure>[a-z_]+)/"
                     r"q~(?P<quantile>[0-9.]+)/seed~(?P<seed>\d+)/?$")
@@ -86,11 +85,7 @@ def ches_figure(runs: pd.DataFrame, prefix: str) -> None:
     grid.set_axis_labels("quantile of the measure", "Δ ln π(y+) (mean over subset)")
     title = "P2 Fig. 2: DPO on subsets centred at quantiles of each measure (mean, 95% CI over seeds)"
     grid.figure.suptitle(title + (f"\n{settings[0]}" if len(settings) == 1 else ""), y=1.12)
-    for ext in ("png", "pdf"):
-        with atomic_path(f"{prefix}.{ext}") as tmp:
-            grid.figure.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                                metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
-    plt.close(grid.figure)
+    save_figure(grid.figure, prefix)
 
 
 @main_guard
@@ -106,9 +101,7 @@ def main(argv=None):
         runs.to_csv(tmp, index=False, float_format="%.6g")
     table = ches_table(runs, args.scale)
     out = Path(args.out_dir)
-    with atomic_path(out / "table_ches.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_text(out / "table_ches.md", table.to_markdown(index=False) + "\n")
+    write_table(table, out / "table_ches")
     ches_figure(runs, str(out / "ches_quantiles"))
 
 

@@ -8,6 +8,7 @@ file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -60,6 +61,34 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_figure(fig, prefix: str | os.PathLike, dpi: int = 150) -> None:
+    """``<prefix>.png`` and ``<prefix>.pdf``, atomically and byte-reproducibly (no creation date or
+    software stamp in the metadata); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    for ext in ("png", "pdf"):
+        with atomic_path(f"{prefix}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+    plt.close(fig)
+
+
+def write_table(table, prefix: str | os.PathLike) -> None:
+    """A pandas table as ``<prefix>.csv`` and ``<prefix>.md`` (GitHub markdown)."""
+    with atomic_path(f"{prefix}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(f"{prefix}.md", table.to_markdown(index=False) + "\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

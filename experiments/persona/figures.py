@@ -13,12 +13,11 @@ from collections import Counter
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from experiments.common.cli import main_guard  # noqa: E402
-from experiments.common.io import atomic_path, write_text  # noqa: E402
+from experiments.common.io import save_figure, write_table, write_text  # noqa: E402
 from experiments.persona import paper  # noqa: E402
 
 SETTINGS = {("sft", "dpo"): "post-SFT DPO (Table 1)", ("base", "dpo"): "base DPO (Table 2)",
@@ -75,10 +74,9 @@ def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
     return table.sort_values("setting", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
-def write_table(table: pd.DataFrame, prefix: str) -> None:
-    with atomic_path(f"{prefix}.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_text(f"{prefix}.md", table.to_markdown(index=False) + "\n")
+def write_tables(table: pd.DataFrame, prefix: str) -> None:
+    """CSV and markdown (:func:`experiments.common.io.write_table`), plus LaTeX for the paper's layout."""
+    write_table(table, prefix)
     write_text(f"{prefix}.tex", table.to_latex(index=False, escape=True))
 
 
@@ -94,11 +92,7 @@ def trajectory_figure(steps: pd.DataFrame, prefix: str) -> None:
                        errorbar=("ci", 95), seed=0, height=2.6, aspect=1.3,
                        facet_kws={"sharey": False, "margin_titles": True})
     grid.figure.suptitle("π(y+) during single-prompt preference training (mean, 95% CI over seeds)", y=1.02)
-    for ext in ("png", "pdf"):
-        with atomic_path(f"{prefix}.{ext}") as tmp:
-            grid.figure.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                                metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
-    plt.close(grid.figure)
+    save_figure(grid.figure, prefix)
 
 
 @main_guard
@@ -111,7 +105,7 @@ def main(argv=None):
     p.add_argument("--figure-prefix", required=True)
     args = p.parse_args(argv)
     runs, steps = pd.read_csv(args.runs), pd.read_csv(args.steps)
-    write_table(persona_table(runs, args.scale), args.table_prefix)
+    write_tables(persona_table(runs, args.scale), args.table_prefix)
     trajectory_figure(steps, args.figure_prefix)
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_json, write_text
+from experiments.common.io import atomic_path, read_json, save_figure, write_table
 
 RUN_RE = re.compile(r"stats/(?P<task>[^/]+)/(?P<model>[^/]+)/?$")
 
@@ -87,11 +87,7 @@ def stats_figure(df: pd.DataFrame, prefix: str) -> None:
         ax.legend()
     fig.suptitle("P1 Finding I: per-input reward mean and std under the pretrained model", y=1.01)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        with atomic_path(f"{prefix}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                        metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
-    plt.close(fig)
+    save_figure(fig, prefix)
 
 
 @main_guard
@@ -110,9 +106,7 @@ def main(argv=None):
         df.to_csv(tmp, index=False, float_format="%.6g")
     table = stats_table(df, summaries, args.threshold, args.scale)
     out = Path(args.out_dir)
-    with atomic_path(out / "table_reward_stats.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_text(out / "table_reward_stats.md", table.to_markdown(index=False) + "\n")
+    write_table(table, out / "table_reward_stats")
     stats_figure(df, str(out / "rft_reward_stats"))
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_json, read_jsonl, write_text
+from experiments.common.io import atomic_path, read_json, read_jsonl, save_figure, write_table
 from experiments.theory.separation import fitted_slope
 from experiments.theory.theorem1 import envelope_slope
 
@@ -149,14 +149,6 @@ def theory_table(micro: pd.DataFrame, single: pd.DataFrame, ctl: pd.DataFrame, s
 # figures
 # --------------------------------------------------------------------------------------------
 
-def _save(fig, prefix: str) -> None:
-    for ext in ("png", "pdf"):
-        with atomic_path(f"{prefix}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                        metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
-    plt.close(fig)
-
-
 def theorem1_figure(micro: pd.DataFrame, single: pd.DataFrame, prefix: str) -> None:
     """‖∇V‖/(6Lγ) against STD on log-log axes; the bound is the line STD^(2/3) for every input."""
     sns.set_theme(context="paper", style="whitegrid")
@@ -177,7 +169,7 @@ def theorem1_figure(micro: pd.DataFrame, single: pd.DataFrame, prefix: str) -> N
                title=f"{FAMILY_NAMES[family]}\n{int(df['within_bound'].sum())}/{len(df)} within the bound")
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("P1 Theorem 1: gradient norm vs reward std, every input", y=1.03)
-    _save(fig, prefix)
+    save_figure(fig, prefix)
 
 
 def controlled_figure(ctl: pd.DataFrame, prefix: str) -> None:
@@ -193,7 +185,7 @@ def controlled_figure(ctl: pd.DataFrame, prefix: str) -> None:
                        style_order=["modified (small std)", "unmodified (large std)"])
     grid.set_axis_labels("finetuning epoch", "expected reward")
     grid.figure.suptitle("P1 §4.2: reward of the two input groups, SFT vs RFT (mean, 95% CI over seeds)", y=1.03)
-    _save(grid.figure, prefix)
+    save_figure(grid.figure, prefix)
 
 
 def separation_figure(sep: pd.DataFrame, prefix: str) -> None:
@@ -206,13 +198,7 @@ def separation_figure(sep: pd.DataFrame, prefix: str) -> None:
            title="P1 §4.3: RFT Ω(1/σ²) vs SFT O(log 1/σ)")
     ax.invert_xaxis()
     ax.legend()
-    _save(fig, prefix)
-
-
-def write_table(table: pd.DataFrame, prefix: str) -> None:
-    with atomic_path(f"{prefix}.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_text(f"{prefix}.md", table.to_markdown(index=False) + "\n")
+    save_figure(fig, prefix)
 
 
 def _read_csv(path: str, what: str) -> pd.DataFrame:
