@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import write_jsonl
+from experiments.common.io import read_jsonl, write_jsonl
 from experiments.data.mirror import fetch_file
 
 log = logging.getLogger("prepare_preferences")
@@ -102,21 +102,16 @@ def read_rows(path: Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    if text.lstrip().startswith("["):  # AlpacaFarm ships one JSON array
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg})") from None
     else:
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        try:
+            rows = read_jsonl(path)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {i} is not a JSON object")
