@@ -57,10 +57,11 @@ def test_batched_sampling_shapes_padding_and_greedy_limit(micro, arch):
     batch2, _ = encode_batch(tok, [texts[0], texts[0] + " and more"], 64, encoder_decoder=arch == "t5")
     pad_col = batch2["attention_mask"][:, 0] if arch == "llama" else batch2["attention_mask"][:, -1]
     assert pad_col.tolist() == [0, 1]  # left padding for decoder-only, right for encoder-decoder
-    outs = sample_batch(model, tok, batch, 5, {"max_new_tokens": 6, "min_new_tokens": 6}, seed=0)
+    outs, n_tokens = sample_batch(model, tok, batch, 5, {"max_new_tokens": 6, "min_new_tokens": 6}, seed=0)
     assert len(outs) == 2 and all(len(o) == 5 for o in outs)
-    again = sample_batch(model, tok, batch, 5, {"max_new_tokens": 6, "min_new_tokens": 6}, seed=0)
+    assert 2 * 5 * 3 < n_tokens <= 2 * 5 * 6  # 6 new tokens per sample, pad ids not counted
+    again, _ = sample_batch(model, tok, batch, 5, {"max_new_tokens": 6, "min_new_tokens": 6}, seed=0)
     assert outs == again  # seeded
-    greedy = sample_batch(model, tok, batch, 4, {"max_new_tokens": 6, "min_new_tokens": 6, "top_k": 1}, seed=3)
+    greedy, _ = sample_batch(model, tok, batch, 4, {"max_new_tokens": 6, "min_new_tokens": 6, "top_k": 1}, seed=3)
     assert all(len(set(o)) == 1 for o in greedy)  # a deterministic policy: every sample identical
     assert len({tuple(o) for o in outs}) >= 1 and any(len(set(o)) > 1 for o in outs)

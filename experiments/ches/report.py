@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_json, save_figure, write_table
+from experiments.common.io import read_json, save_figure, write_csv, write_table
 
 RUN_RE = re.compile(r"ches/(?P<model>[^/]+)/(?P<dataset>[^/]+)/(?P<loss>dpo|ipo)/(?P<measure>[a-z_]+)/"
                     r"q~(?P<quantile>[0-9.]+)/seed~(?P<seed>\d+)/?$")
@@ -97,8 +97,7 @@ def main(argv=None):
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     runs = collect(args.runs)
-    with atomic_path(args.out_csv) as tmp:
-        runs.to_csv(tmp, index=False, float_format="%.6g")
+    write_csv(runs, args.out_csv)
     table = ches_table(runs, args.scale)
     out = Path(args.out_dir)
     write_table(table, out / "table_ches")

@@ -84,10 +84,15 @@ def save_figure(fig, prefix: str | os.PathLike, dpi: int = 150) -> None:
     plt.close(fig)
 
 
+def write_csv(df, path: str | os.PathLike, float_format: str | None = "%.6g") -> None:
+    """A pandas DataFrame as CSV, atomically, without the index (``float_format=None``: full precision)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=float_format)
+
+
 def write_table(table, prefix: str | os.PathLike) -> None:
     """A pandas table as ``<prefix>.csv`` and ``<prefix>.md`` (GitHub markdown)."""
-    with atomic_path(f"{prefix}.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, f"{prefix}.csv", float_format=None)
     write_text(f"{prefix}.md", table.to_markdown(index=False) + "\n")
 
 

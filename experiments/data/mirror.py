@@ -12,6 +12,15 @@ from pathlib import Path
 from experiments.common.cli import UserError
 
 MIRROR_ENV = "SUITE_DATA_MIRROR"
+OFFLINE_ENVS = ("HF_HUB_OFFLINE", "SUITE_OFFLINE")
+
+
+def offline_env() -> str | None:
+    """The name of the environment variable that says "work offline", or None when online."""
+    for name in OFFLINE_ENVS:
+        if os.environ.get(name, "0") not in {"0", "", "false", "False"}:
+            return name
+    return None
 
 
 def mirror_dir(configured: str | None = None) -> Path | None:
@@ -36,8 +45,9 @@ def fetch_file(*, mirror_file: str, hub_repo: str, hub_file: str, mirror: str | 
             raise UserError(f"data mirror {str(root)!r} has no file {mirror_file!r} "
                             f"(expected {path}); mirror layout: see the mirror's SOURCES.md")
         return path
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
-        raise UserError(f"{hub_repo}/{hub_file}: working offline (HF_HUB_OFFLINE is set) and no data "
+    offline = offline_env()
+    if offline:
+        raise UserError(f"{hub_repo}/{hub_file}: working offline ({offline} is set) and no data "
                         f"mirror; set {MIRROR_ENV}=/path/to/mirror (or config data_mirror) to a "
                         f"directory holding {mirror_file}")
     from huggingface_hub import hf_hub_download

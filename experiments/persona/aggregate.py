@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_json, read_jsonl
+from experiments.common.io import read_json, read_jsonl, write_csv
 
 RUN_RE = re.compile(r"persona/(?P<model>[^/]+)/(?P<init>sft|base)~(?P<loss>dpo|ipo)/"
                     r"(?P<chosen>[^/]+?)-(?P<rejected>[^/]+)/seed~(?P<seed>\d+)/?$")
@@ -57,11 +57,6 @@ def collect(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     order = ["model", "init", "loss", "chosen", "rejected", "seed"]
     return (pd.DataFrame(runs).sort_values(order, kind="stable"),
             pd.DataFrame(steps).sort_values(order + ["step"], kind="stable"))
-
-
-def write_csv(df: pd.DataFrame, path: str) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
 
 
 @main_guard

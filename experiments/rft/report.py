@@ -23,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_json, save_figure, write_table
+from experiments.common.io import read_json, save_figure, write_csv, write_table
 
 RUN_RE = re.compile(r"stats/(?P<task>[^/]+)/(?P<model>[^/]+)/?$")
 
@@ -102,8 +102,7 @@ def main(argv=None):
     if not args.threshold > 0:
         raise UserError(f"--threshold must be > 0, got {args.threshold}")
     df, summaries = collect(args.stats)
-    with atomic_path(args.out_csv) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
+    write_csv(df, args.out_csv)
     table = stats_table(df, summaries, args.threshold, args.scale)
     out = Path(args.out_dir)
     write_table(table, out / "table_reward_stats")

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_jsonl, run_manifest, write_json, write_jsonl
+from experiments.common.io import read_jsonl, run_manifest, write_csv, write_json, write_jsonl
 
 log = logging.getLogger("rft.stats")
 
@@ -80,8 +80,10 @@ def encode_batch(tokenizer, texts: list[str], max_tokens: int, encoder_decoder: 
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, batch: dict, k: int, gen_kwargs: dict, seed: int) -> list[list[str]]:
-    """k sampled outputs per prompt in one ``generate`` call; returns texts [B][k] (outputs only)."""
+def sample_batch(model, tokenizer, batch: dict, k: int, gen_kwargs: dict,
+                 seed: int) -> tuple[list[list[str]], int]:
+    """k sampled outputs per prompt in one ``generate`` call. Returns the texts [B][k] (outputs only)
+    and the number of generated tokens that are not padding (counted on the ids, not re-tokenised)."""
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     batch = {key: v.to(device) for key, v in batch.items()}
@@ -90,7 +92,7 @@ def sample_batch(model, tokenizer, batch: dict, k: int, gen_kwargs: dict, seed: 
     new = out if model.config.is_encoder_decoder else out[:, batch["input_ids"].shape[1]:]
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     b = batch["input_ids"].shape[0]
-    return [texts[i * k:(i + 1) * k] for i in range(b)]
+    return [texts[i * k:(i + 1) * k] for i in range(b)], int((new != tokenizer.pad_token_id).sum())
 
 
 def _gen_kwargs(text: str) -> dict:
@@ -167,9 +169,9 @@ def main(argv=None):
                                   special_tokens=args.prompt_format == "plain")
         truncated += cut
         t0 = time.time()
-        outputs = sample_batch(model, tokenizer, batch, args.samples, gen_kwargs, args.seed + start)
+        outputs, generated = sample_batch(model, tokenizer, batch, args.samples, gen_kwargs, args.seed + start)
         t_gen += time.time() - t0
-        n_tokens += sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for outs in outputs for o in outs)
+        n_tokens += generated
         t0 = time.time()
         flat_prompts = [r["prompt"] for r in part for _ in range(args.samples)]
         flat_refs = [r["references"] for r in part for _ in range(args.samples)]
@@ -187,8 +189,7 @@ def main(argv=None):
                                     "rewards": [float(x) for x in s]})
     import pandas as pd
 
-    with atomic_path(args.out) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
+    write_csv(pd.DataFrame(rows), args.out)
     if args.samples_out:
         write_jsonl(args.samples_out, sample_rows)
     df = pd.DataFrame(rows)

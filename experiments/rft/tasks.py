@@ -58,7 +58,7 @@ import numpy as np
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import atomic_path, write_jsonl
-from experiments.data.mirror import MIRROR_ENV, fetch_file, mirror_dir
+from experiments.data.mirror import MIRROR_ENV, fetch_file, mirror_dir, offline_env
 
 log = logging.getLogger("prepare_grue_task")
 
@@ -399,16 +399,6 @@ def normalise_daily_dialog(rows: list[dict], split: str, context_size: int = DAI
 # --------------------------------------------------------------------------------------------------
 # Fetching (mirror first, then Hub / URL)
 
-OFFLINE_ENVS = ("HF_HUB_OFFLINE", "SUITE_OFFLINE")
-
-
-def _offline() -> str | None:
-    for name in OFFLINE_ENVS:
-        if os.environ.get(name, "0") not in {"0", "", "false", "False"}:
-            return name
-    return None
-
-
 def hub_parquet_files(*, mirror_file: str, repo: str, prefix: str, revision: str | None,
                       mirror: str | None) -> list[Path]:
     """Parquet shard(s) of one split: ``<mirror>/<mirror_file>`` if a mirror is set, else every Hub file
@@ -417,7 +407,7 @@ def hub_parquet_files(*, mirror_file: str, repo: str, prefix: str, revision: str
         return [fetch_file(mirror_file=mirror_file, hub_repo=repo, hub_file=prefix, mirror=mirror)]
     if revision is None and prefix.endswith(".parquet"):
         return [fetch_file(mirror_file=mirror_file, hub_repo=repo, hub_file=prefix, mirror=mirror)]
-    offline = _offline()
+    offline = offline_env()
     if offline:
         raise UserError(f"{repo}@{revision}/{prefix}: working offline ({offline} is set) and no data mirror; "
                         f"set {MIRROR_ENV}=/path/to/mirror (or --mirror) to a directory holding {mirror_file}")
@@ -459,7 +449,7 @@ def fetch_url(*, mirror_file: str, url: str, mirror: str | None, cache: Path | N
     dest = cache / mirror_file
     if dest.is_file():
         return dest
-    offline = _offline()
+    offline = offline_env()
     if offline:
         raise UserError(f"{url}: working offline ({offline} is set) and no data mirror; set {MIRROR_ENV}="
                         f"/path/to/mirror (or --mirror) to a directory holding {mirror_file}")

@@ -23,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, read_json, read_jsonl, save_figure, write_table
+from experiments.common.io import read_json, read_jsonl, save_figure, write_csv, write_table
 from experiments.theory.separation import fitted_slope
 from experiments.theory.theorem1 import envelope_slope
 
@@ -228,8 +228,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.cmd == "aggregate":
         df = collect(args.runs)
-        with atomic_path(args.out) as tmp:
-            df.to_csv(tmp, index=False, float_format="%.6g")
+        write_csv(df, args.out)
         return
     micro, single = _read_csv(args.micro, "Theorem 1 micro"), _read_csv(args.single_token, "Theorem 1 single-token")
     ctl, sep = _read_csv(args.controlled, "controlled"), _read_csv(args.separation, "separation")

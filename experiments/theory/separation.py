@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path
+from experiments.common.io import write_csv
 
 
 def initial_logits(k: int, eps: float) -> np.ndarray:
@@ -84,8 +84,7 @@ def main(argv=None):
         for method in ("rft", "sft"):
             rows.append({"method": method, "sigma": sigma, "eps": eps,
                          "steps": steps_to_target(method, eps, args.k, args.lr, args.target)})
-    with atomic_path(args.out) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    write_csv(pd.DataFrame(rows), args.out, float_format=None)
 
 
 if __name__ == "__main__":
