@@ -171,3 +171,28 @@ def test_nan_loss_names_the_step():
     with pytest.raises(UserError, match="step 3"):
         guard.on_log(None, State(), None, logs={"loss": float("nan")})
     guard.on_log(None, State(), None, logs={"loss": 0.5})
+
+
+def test_several_seeds_in_one_process_equal_separate_runs(micro, files, tmp_path):
+    data, scores = files
+    argv = _argv(micro, data, scores, tmp_path / "multi" / "seed~{seed}")
+    k = argv.index("--seed")
+    argv[k + 1:k + 2] = ["0", "1"]
+    both = dpo.main(argv)
+    alone = dpo.main(_argv(micro, data, scores, tmp_path / "alone", seed=1))
+    assert [s["seed"] for s in both] == [0, 1]
+    assert both[0]["delta_logp_chosen"] != both[1]["delta_logp_chosen"]  # the seed orders the batches
+    for key in ("delta_logp_chosen", "delta_logp_rejected", "train_loss_last", "logp_chosen_before"):
+        assert both[1][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6)  # a fresh model for every seed
+    assert (tmp_path / "multi" / "seed~0" / "summary.json").is_file()
+    assert (tmp_path / "multi" / "seed~1" / "per_example.csv").is_file()
+
+
+def test_several_seeds_need_a_seed_placeholder(micro, files, tmp_path, capsys):
+    data, scores = files
+    argv = _argv(micro, data, scores, tmp_path / "run")
+    k = argv.index("--seed")
+    argv[k + 1:k + 2] = ["0", "1"]
+    with pytest.raises(SystemExit) as e:
+        dpo.main(argv)
+    assert e.value.code == 2 and "{seed}" in capsys.readouterr().err

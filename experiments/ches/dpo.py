@@ -223,7 +223,24 @@ def train(model, tokenizer, rows: list[dict], *, loss: str, beta: float, lr: flo
 
 
 # ------------------------------------------------------------------------------------------- run
-def run(args) -> dict:
+def _out_dirs(template: str, seeds: list[int]) -> dict[int, Path]:
+    """One run folder per seed: ``--out-dir`` formatted with ``{seed}`` (required for several seeds)."""
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seed lists a seed twice: {seeds}")
+    if "{seed}" not in template:
+        if len(seeds) > 1:
+            raise UserError("with several --seed values, --out-dir must contain '{seed}'")
+        return {seeds[0]: Path(template)}
+    try:
+        return {s: Path(template.format(seed=s)) for s in seeds}
+    except (KeyError, IndexError, ValueError) as e:
+        raise UserError(f"--out-dir {template!r}: only '{{seed}}' may be formatted ({e})") from None
+
+
+def run(args) -> list[dict]:
+    """Train one quantile subset once per seed, in one process: the data, the scores, the tokenizer and
+    TRL are loaded once and the "before" log-probs are computed once (they do not depend on the seed);
+    the model is reloaded from disk for every seed."""
     from experiments.models.load import load_causal_lm, load_tokenizer
     from experiments.persona.prompts import resolve_format
 
@@ -237,6 +254,7 @@ def run(args) -> dict:
         raise UserError("--batch-size and --epochs must be >= 1")
     if not 0.0 <= args.quantile <= 1.0:
         raise UserError(f"--quantile must be in [0, 1], got {args.quantile}")
+    out_dirs = _out_dirs(args.out_dir, list(args.seed))
     ids, values = read_measure(args.scores, args.measure)
     data = Path(args.data)
     if not data.is_file():
@@ -248,88 +266,105 @@ def run(args) -> dict:
     subset = select_subset(ids, values, records, args.quantile, args.subset_size, str(data))
 
     set_threads(args.threads)
-    set_seed(args.seed)
     device = resolve_device(args.device)
     try:
         precision = resolve_precision(args.precision, device)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+    def load_model():
+        try:
+            return load_causal_lm(args.model, device=str(device), dtype=torch.float32)
+        except (FileNotFoundError, OSError) as e:
+            raise UserError(str(e).splitlines()[0]) from None
+
     try:
         tokenizer = load_tokenizer(args.model)
-        model = load_causal_lm(args.model, device=str(device), dtype=torch.float32)
     except (FileNotFoundError, OSError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     fmt = resolve_format(tokenizer, args.prompt_format)
-    rows = encode_subset(tokenizer, [records[i] for i, _ in subset], fmt, args.max_prompt_tokens or None,
-                         args.max_response_tokens or None, eos=not args.no_eos)
+    base_rows = encode_subset(tokenizer, [records[i] for i, _ in subset], fmt, args.max_prompt_tokens or None,
+                              args.max_response_tokens or None, eos=not args.no_eos)
     value = dict(subset)
-    # the seed orders the subset (the trainer shuffles it again with the same seed)
-    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    rows = [rows[i] for i in perm]
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    P = [r["prompt_ids"] for r in rows]
 
-    def measure():
+    def measure(model, rows):
+        P = [r["prompt_ids"] for r in rows]
         c = sequence_logps(model, P, [r["chosen_ids"] for r in rows], batch_size=args.batch_size,
                            precision=precision, pad_id=pad)
         rj = sequence_logps(model, P, [r["rejected_ids"] for r in rows], batch_size=args.batch_size,
                             precision=precision, pad_id=pad)
         return c, rj
 
-    c0, r0 = measure()
-    for r, a, b in zip(rows, c0.tolist(), r0.tolist()):
+    model = load_model()
+    c0_all, r0_all = measure(model, base_rows)
+    for r, a, b in zip(base_rows, c0_all.tolist(), r0_all.tolist()):
         r["ref_chosen_logps"], r["ref_rejected_logps"] = a, b
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".trainer.", dir=out_dir))
-    t_train = time.time()
-    try:
-        result = train(model, tokenizer, rows, loss=args.loss, beta=args.beta, lr=args.lr,
-                       batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, precision=precision,
-                       device=device, work_dir=work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    train_s = time.time() - t_train
-    c1, r1 = measure()
-    if not (torch.isfinite(c1).all() and torch.isfinite(r1).all()):
-        raise UserError(f"ln π is not finite after training ({result['steps']} steps); lower --lr or use fp32")
-    losses = [h["loss"] for h in result["log_history"] if "loss" in h]
-    if not losses:
-        raise UserError("the trainer logged no loss (no training step ran)")
 
-    with atomic_path(out_dir / "per_example.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(PER_EXAMPLE)
-        for k, r in enumerate(rows):
-            w.writerow([r["id"], repr(value[r["id"]]), len(r["prompt_ids"]), len(r["chosen_ids"]),
-                        len(r["rejected_ids"]), repr(float(c0[k])), repr(float(c1[k])),
-                        repr(float(c1[k] - c0[k])), repr(float(r0[k])), repr(float(r1[k])),
-                        repr(float(r1[k] - r0[k]))])
-    summary = {
-        "measure": args.measure, "quantile": args.quantile, "seed": args.seed, "loss": args.loss,
-        "n": len(rows), "beta": args.beta, "lr": args.lr, "batch_size": args.batch_size,
-        "epochs": args.epochs, "precision": precision, "prompt_format": fmt, "eos": not args.no_eos,
-        "measure_min": min(value.values()), "measure_max": max(value.values()),
-        "logp_chosen_before": float(c0.mean()), "logp_chosen_after": float(c1.mean()),
-        "delta_logp_chosen": float((c1 - c0).mean()),
-        "logp_rejected_before": float(r0.mean()), "logp_rejected_after": float(r1.mean()),
-        "delta_logp_rejected": float((r1 - r0).mean()),
-        "train_loss_first": float(losses[0]), "train_loss_last": float(losses[-1]),
-        "train_losses": [float(x) for x in losses], "steps": result["steps"],
-        "train_seconds": round(train_s, 3),
-        "train_runtime": next((h["train_runtime"] for h in result["log_history"] if "train_runtime" in h), None), "seconds_per_step": round(train_s / max(result["steps"], 1), 3),
-        "manifest": run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads,
-                                 model=str(args.model), data=str(args.data), scores=str(args.scores)),
-    }
-    write_json(out_dir / "summary.json", summary)
-    log.info("%s q=%s seed=%d %s: n=%d steps=%d  Δ ln π(y+)=%.4f  Δ ln π(y−)=%.4f  loss %.4f -> %.4f (%.2fs/step)",
-             args.measure, args.quantile, args.seed, args.loss, len(rows), result["steps"],
-             summary["delta_logp_chosen"], summary["delta_logp_rejected"], losses[0], losses[-1],
-             summary["seconds_per_step"])
-    return summary
+    summaries = []
+    for k_seed, seed in enumerate(args.seed):
+        seed_started = time.time()
+        if k_seed:
+            del model
+            model = load_model()
+        set_seed(seed)
+        # the seed orders the subset (the trainer shuffles it again with the same seed)
+        perm = torch.randperm(len(base_rows), generator=torch.Generator().manual_seed(seed)).tolist()
+        rows = [dict(base_rows[i]) for i in perm]
+        c0, r0 = c0_all[perm], r0_all[perm]
+        out_dir = out_dirs[seed]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".trainer.", dir=out_dir))
+        t_train = time.time()
+        try:
+            result = train(model, tokenizer, rows, loss=args.loss, beta=args.beta, lr=args.lr,
+                           batch_size=args.batch_size, epochs=args.epochs, seed=seed, precision=precision,
+                           device=device, work_dir=work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        train_s = time.time() - t_train
+        c1, r1 = measure(model, rows)
+        if not (torch.isfinite(c1).all() and torch.isfinite(r1).all()):
+            raise UserError(f"ln π is not finite after training ({result['steps']} steps, seed {seed}); "
+                            "lower --lr or use fp32")
+        losses = [h["loss"] for h in result["log_history"] if "loss" in h]
+        if not losses:
+            raise UserError("the trainer logged no loss (no training step ran)")
+
+        with atomic_path(out_dir / "per_example.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(PER_EXAMPLE)
+            for k, r in enumerate(rows):
+                w.writerow([r["id"], repr(value[r["id"]]), len(r["prompt_ids"]), len(r["chosen_ids"]),
+                            len(r["rejected_ids"]), repr(float(c0[k])), repr(float(c1[k])),
+                            repr(float(c1[k] - c0[k])), repr(float(r0[k])), repr(float(r1[k])),
+                            repr(float(r1[k] - r0[k]))])
+        summary = {
+            "measure": args.measure, "quantile": args.quantile, "seed": seed, "loss": args.loss,
+            "n": len(rows), "beta": args.beta, "lr": args.lr, "batch_size": args.batch_size,
+            "epochs": args.epochs, "precision": precision, "prompt_format": fmt, "eos": not args.no_eos,
+            "measure_min": min(value.values()), "measure_max": max(value.values()),
+            "logp_chosen_before": float(c0.mean()), "logp_chosen_after": float(c1.mean()),
+            "delta_logp_chosen": float((c1 - c0).mean()),
+            "logp_rejected_before": float(r0.mean()), "logp_rejected_after": float(r1.mean()),
+            "delta_logp_rejected": float((r1 - r0).mean()),
+            "train_loss_first": float(losses[0]), "train_loss_last": float(losses[-1]),
+            "train_losses": [float(x) for x in losses], "steps": result["steps"],
+            "train_seconds": round(train_s, 3),
+            "seconds_per_step": round(train_s / max(result["steps"], 1), 3),
+            "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if k_seed else started,
+                                     threads=args.threads, model=str(args.model), data=str(args.data),
+                                     scores=str(args.scores), seeds_in_process=list(args.seed)),
+        }
+        write_json(out_dir / "summary.json", summary)
+        log.info("%s q=%s seed=%d %s: n=%d steps=%d  Δ ln π(y+)=%.4f  Δ ln π(y−)=%.4f  loss %.4f -> %.4f "
+                 "(%.2fs/step)", args.measure, args.quantile, seed, args.loss, len(rows), result["steps"],
+                 summary["delta_logp_chosen"], summary["delta_logp_rejected"], losses[0], losses[-1],
+                 summary["seconds_per_step"])
+        summaries.append(summary)
+    return summaries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", default="ches", help="a column of the scores CSV (ches, ches_ln, ...)")
     p.add_argument("--quantile", type=float, required=True)
     p.add_argument("--subset-size", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="one or more seeds, trained one after another in this process")
     p.add_argument("--loss", default="dpo", help="dpo | ipo")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-7)
@@ -353,13 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", required=True,
+                   help="run folder; must contain '{seed}' (formatted per seed) when several seeds are given")
     return p
 
 
 @main_guard
 def main(argv=None):
-    return run(build_parser().parse_args(argv))
+    summaries = run(build_parser().parse_args(argv))
+    return summaries[0] if len(summaries) == 1 else summaries
 
 
 if __name__ == "__main__":

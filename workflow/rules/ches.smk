@@ -45,34 +45,44 @@ rule ches_score:
 
 
 rule ches_dpo:
+    # one process per subset trains every seed in turn: TRL's import, the data and the "before"
+    # log-probs are paid once instead of once per seed
     input:
         model="resources/models/{model}",
         data="resources/data/preferences/{dataset_pref}.jsonl",
         scores="results/{scale}/ches/{model}/{dataset_pref}/scores.csv",
     output:
-        summary="results/{scale}/ches/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}/seed~{seed}/summary.json",
-        per_example="results/{scale}/ches/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}/seed~{seed}/per_example.csv",
+        summary=expand(
+            "results/{{scale}}/ches/{{model}}/{{dataset_pref}}/{{ches_loss}}/{{measure}}/q~{{quantile}}/seed~{seed}/summary.json",
+            seed=CHES["seeds"],
+        ),
+        per_example=expand(
+            "results/{{scale}}/ches/{{model}}/{{dataset_pref}}/{{ches_loss}}/{{measure}}/q~{{quantile}}/seed~{seed}/per_example.csv",
+            seed=CHES["seeds"],
+        ),
     log:
-        "logs/{scale}/ches_dpo/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}/seed~{seed}.log",
+        "logs/{scale}/ches_dpo/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}.log",
     params:
         c=CHES,
         d=CHES["dpo"],
-        out_dir=subpath(output.summary, parent=True),
+        seeds=" ".join(str(s) for s in CHES["seeds"]),
+        out_dir=lambda w: f"results/{w.scale}/ches/{w.model}/{w.dataset_pref}/{w.ches_loss}/{w.measure}/q~{w.quantile}"
+        + "/seed~{seed}",
         device=config["device"],
     threads: 1
     resources:
         mem_mb=6000,
-        runtime=120,
+        runtime=360,
     conda:
         ENV
     shell:
         "python -m experiments.ches.dpo --model {input.model} --data {input.data} --scores {input.scores}"
         " --measure {wildcards.measure} --quantile {wildcards.quantile} --subset-size {params.d[subset_size]}"
-        " --seed {wildcards.seed} --loss {wildcards.ches_loss} --beta {params.d[beta]} --lr {params.d[lr]}"
+        " --seed {params.seeds} --loss {wildcards.ches_loss} --beta {params.d[beta]} --lr {params.d[lr]}"
         " --batch-size {params.d[batch_size]} --epochs {params.d[epochs]} --prompt-format {params.c[prompt_format]}"
         " --max-prompt-tokens {params.c[max_prompt_tokens]} --max-response-tokens {params.c[max_response_tokens]}"
         " --precision {params.d[precision]} --device {params.device} --threads {threads}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir:q} > {log} 2>&1"
 
 
 rule ches_figures:
