@@ -210,7 +210,8 @@ def train(model, tokenizer, rows: list[dict], *, loss: str, beta: float, lr: flo
         num_train_epochs=epochs, per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
         seed=seed, data_seed=seed, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
         bf16=precision == "bf16", fp16=False, use_cpu=device.type == "cpu", max_length=None,
-        precompute_ref_log_probs=True, gradient_checkpointing=False, dataloader_num_workers=0,
+        precompute_ref_log_probs=True, activation_checkpointing=False, dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # else the Trainer logs a NaN loss as a running mean and NanGuard never sees it
         remove_unused_columns=True,
     )
     ds = Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids",
