@@ -109,6 +109,18 @@ def test_paper_scale_plans_every_persona_run():
     assert counts["prepare_grue_task"] == counts["reward_stats"] == 7 and "train_sentiment_reward" not in counts
     # P2 Fig. 2: 3 models x 2 datasets x 3 measures x 5 quantiles x 3 seeds, for DPO and for IPO
     assert counts["ches_score"] == 3 * 2 and counts["ches_dpo"] == 3 * 2 * 3 * 5 * 3 * 2
+    # P1 §4.1/§5: per task, RFT from the pretrained model (default + each heuristic) and after each
+    # cheap-SFT checkpoint (full SFT->RFT included), every one x seeds; one SFT per grid cell
+    ft = rft["finetune"]
+    assert set(ft["tasks"]) == set(rft["tasks"]) and ft["algorithm"] == "ppo"
+    h, cheap = ft["heuristics"], ft["cheap_sft"]
+    n_heur = len(h["lr_mult"]) + len(h["temperature"]) + len(h["ent_coef"])
+    n_cells = len(cheap["data_frac"]) * len(cheap["steps_frac"])
+    assert {0.01, 0.1, 1.0} <= set(cheap["data_frac"]) and {0.1, 0.4, 1.0} <= set(cheap["steps_frac"])
+    assert counts["rft_sft"] == 7 * n_cells
+    assert counts["rft_train"] == 7 * (1 + n_heur + n_cells) * len(ft["seeds"])
+    assert rft["tasks"]["common_gen"]["ppo"]["lr"] == 2e-6 and rft["tasks"]["common_gen"]["ppo"]["target_kl"] == 2.0
+    assert rft["tasks"]["narrative_qa"]["ppo_on_supervised"]["lr"] == 5e-7
     controlled = load_scale("paper")["theory"]["controlled"]
     assert set(controlled["datasets"]) == {"mnist", "cifar10", "stsb"}
     n_finetune = sum(len(v["methods"]) for d in controlled["datasets"].values() for v in d["finetune"].values())
@@ -137,7 +149,7 @@ def test_slurm_profile_plans_paper_scale():
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/profile.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
     for rule in ("persona_sft", "persona_dpo", "theorem1_single_token", "controlled_pretrain", "controlled_finetune",
-                 "reward_stats", "ches_score", "ches_dpo"):
+                 "reward_stats", "ches_score", "ches_dpo", "rft_sft", "rft_train"):
         assert profile["set-resources"][rule]["gpu"] == 1
         assert {"mem_mb", "runtime"} <= set(profile["set-resources"][rule])
 
@@ -212,6 +224,28 @@ def test_smoke_rft_reward_stats_end_to_end(smoke_run):
     report = read_json(smoke_run / "results/smoke/rft/sentiment_reward/report.json")
     assert 0.5 < report["heldout_accuracy"] <= 1
     assert (smoke_run / "figures/smoke/rft_reward_stats.png").stat().st_size > 5000
+
+
+def test_smoke_rft_finetune_end_to_end(smoke_run):
+    """PPO (seq2seq path: the smoke policy is a micro T5), SFT, SFT->RFT, heuristics, cheap-SFT grid."""
+    ft = load_scale("smoke")["rft"]["finetune"]
+    runs = pd.read_csv(smoke_run / "results/smoke/rft/finetune_runs.csv")
+    h, cheap = ft["heuristics"], ft["cheap_sft"]
+    n_cells = len(cheap["data_frac"]) * len(cheap["steps_frac"])
+    assert len(runs) == 1 + len(h["lr_mult"]) + len(h["temperature"]) + len(h["ent_coef"]) + n_cells
+    assert runs["reward_after"].between(0, 1).all()
+    ref = runs[(runs["init"] == "pretrained") & (runs["variant"] == "default")]
+    assert ref["reward_before"].notna().all()
+    diag = pd.read_csv(smoke_run / "results/smoke/rft/runs/commongen/pretrained/default/seed~0/diagnostics.csv")
+    assert len(diag) == load_scale("smoke")["rft"]["tasks"]["commongen"]["ppo"]["iterations"]
+    assert {"mean_reward", "mean_std", "frac_small_std", "grad_norm", "kl", "kl_coef"} <= set(diag.columns)
+    assert (diag["grad_norm"] >= 0).all() and diag["frac_small_std"].between(0, 1).all()
+    cheap_t = pd.read_csv(smoke_run / "figures/smoke/table_rft_cheap_sft.csv")
+    assert len(cheap_t) == n_cells
+    full = cheap_t[(cheap_t["data fraction"] == 1) & (cheap_t["steps fraction"] == 1)]
+    assert float(full["% of full SFT→RFT"].iloc[0]) == 100.0
+    for name in ("rft_finding2", "rft_heuristics", "rft_cheap_sft", "rft_diagnostics"):
+        assert (smoke_run / f"figures/smoke/{name}.png").stat().st_size > 5000
 
 
 def test_smoke_ches_branch_end_to_end(smoke_run):

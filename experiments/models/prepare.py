@@ -408,7 +408,7 @@ def _prepare_pypi_gguf(spec: dict, tmp: Path) -> dict:
     return info
 
 
-def _drop_loader_flags(tokenizer) -> None:
+def drop_loader_flags(tokenizer) -> None:
     """transformers 5 copies loader flags (``is_local``, ``local_files_only``) into the tokenizer's
     init kwargs, and so into the saved ``tokenizer_config.json``; drop them."""
     for key in ("is_local", "local_files_only"):
@@ -446,7 +446,7 @@ def _dequantise_and_save(gguf_path: Path, out: Path) -> dict:
     # GGUF carries no maximum length (transformers would save 1e30)
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.init_kwargs["model_max_length"] = config.max_position_embeddings
-    _drop_loader_flags(tokenizer)
+    drop_loader_flags(tokenizer)
     log.info("dequantised in %.1fs; saving safetensors", time.time() - t0)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -577,7 +577,7 @@ def _prepare_hub_files(spec: dict, tmp: Path) -> dict:
     if tokenizer.model_max_length > 1e9 and config.get("max_position_embeddings"):
         tokenizer.model_max_length = config["max_position_embeddings"]  # none in the repo files
         tokenizer.init_kwargs["model_max_length"] = config["max_position_embeddings"]
-    _drop_loader_flags(tokenizer)
+    drop_loader_flags(tokenizer)
     tokenizer.save_pretrained(tmp)
     n_params = 0
     for f in sorted(tmp.glob("*.safetensors")):
@@ -607,7 +607,7 @@ def _prepare_hub(spec: dict, tmp: Path) -> dict:
     except (OSError, ValueError, errors.HfHubHTTPError) as e:
         raise _hub_error(e, model_id, revision, token) from None
     commit = getattr(model.config, "_commit_hash", None)
-    _drop_loader_flags(tokenizer)
+    drop_loader_flags(tokenizer)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return {"parameters": model.num_parameters(), "tokenizer_size": len(tokenizer),

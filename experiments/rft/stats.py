@@ -95,6 +95,45 @@ def sample_batch(model, tokenizer, batch: dict, k: int, gen_kwargs: dict,
     return [texts[i * k:(i + 1) * k] for i in range(b)], int((new != tokenizer.pad_token_id).sum())
 
 
+def reward_table(model, tokenizer, records: list[dict], reward, *, samples: int, gen_kwargs: dict,
+                 prompt_format: str, max_prompt_tokens: int, batch_inputs: int, seed: int, task: str = "",
+                 keep_samples: bool = False, progress: bool = True) -> dict:
+    """Sample ``samples`` outputs for every record and score them: one row per input (``mean``, ``std``
+    (ddof 0), ``std_ddof1``, ``min``, ``max``) plus, with ``keep_samples``, every text and reward.
+    Batch ``b`` is sampled with seed ``seed + b * batch_inputs`` (the same draws for the same model)."""
+    encoder_decoder = bool(model.config.is_encoder_decoder)
+    rows, sample_rows, truncated, n_tokens = [], [], 0, 0
+    t_gen = t_score = 0.0
+    starts = range(0, len(records), batch_inputs)
+    for start in tqdm(starts, desc=f"{task}: sample+score", mininterval=10, disable=not progress):
+        part = records[start:start + batch_inputs]
+        texts = [render_prompt(tokenizer, r["prompt"], prompt_format) for r in part]
+        batch, cut = encode_batch(tokenizer, texts, max_prompt_tokens, encoder_decoder,
+                                  special_tokens=prompt_format == "plain")
+        truncated += cut
+        t0 = time.time()
+        outputs, generated = sample_batch(model, tokenizer, batch, samples, gen_kwargs, seed + start)
+        t_gen += time.time() - t0
+        n_tokens += generated
+        t0 = time.time()
+        flat_prompts = [r["prompt"] for r in part for _ in range(samples)]
+        flat_refs = [r["references"] for r in part for _ in range(samples)]
+        scores = np.asarray(reward(flat_prompts, [o for outs in outputs for o in outs], flat_refs), dtype=np.float64)
+        t_score += time.time() - t0
+        if not np.isfinite(scores).all():
+            raise UserError(f"the reward is not finite for inputs {start}..{start + len(part) - 1}")
+        per = scores.reshape(len(part), samples)
+        mean, std0, std1 = per_input_stats(per)
+        for r, outs, s, m, s0, s1 in zip(part, outputs, per, mean, std0, std1, strict=True):
+            rows.append({"task": task, "input_id": r["id"], "mean": m, "std": s0, "std_ddof1": s1,
+                         "n_samples": samples, "min": s.min(), "max": s.max()})
+            if keep_samples:
+                sample_rows.append({"input_id": r["id"], "prompt": r["prompt"], "outputs": outs,
+                                    "rewards": [float(x) for x in s]})
+    return {"rows": rows, "samples": sample_rows, "truncated": truncated, "tokens": n_tokens,
+            "generate_s": t_gen, "score_s": t_score}
+
+
 def _gen_kwargs(text: str) -> dict:
     try:
         kwargs = json.loads(text)
@@ -157,36 +196,13 @@ def main(argv=None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = load_generator(args.model, device)
-    encoder_decoder = bool(model.config.is_encoder_decoder)
     reward = make_reward(args.reward, **reward_kwargs)
 
-    rows, sample_rows, truncated, n_tokens = [], [], 0, 0
-    t_gen = t_score = 0.0
-    for start in tqdm(range(0, len(chosen), args.batch_inputs), desc=f"{task}: sample+score", mininterval=10):
-        part = chosen[start:start + args.batch_inputs]
-        texts = [render_prompt(tokenizer, r["prompt"], args.prompt_format) for r in part]
-        batch, cut = encode_batch(tokenizer, texts, args.max_prompt_tokens, encoder_decoder,
-                                  special_tokens=args.prompt_format == "plain")
-        truncated += cut
-        t0 = time.time()
-        outputs, generated = sample_batch(model, tokenizer, batch, args.samples, gen_kwargs, args.seed + start)
-        t_gen += time.time() - t0
-        n_tokens += generated
-        t0 = time.time()
-        flat_prompts = [r["prompt"] for r in part for _ in range(args.samples)]
-        flat_refs = [r["references"] for r in part for _ in range(args.samples)]
-        scores = np.asarray(reward(flat_prompts, [o for outs in outputs for o in outs], flat_refs), dtype=np.float64)
-        t_score += time.time() - t0
-        if not np.isfinite(scores).all():
-            raise UserError(f"{args.reward} returned a non-finite reward for inputs {start}..{start + len(part) - 1}")
-        per = scores.reshape(len(part), args.samples)
-        mean, std0, std1 = per_input_stats(per)
-        for r, outs, s, m, s0, s1 in zip(part, outputs, per, mean, std0, std1, strict=True):
-            rows.append({"task": task, "input_id": r["id"], "mean": m, "std": s0, "std_ddof1": s1,
-                         "n_samples": args.samples, "min": s.min(), "max": s.max()})
-            if args.samples_out:
-                sample_rows.append({"input_id": r["id"], "prompt": r["prompt"], "outputs": outs,
-                                    "rewards": [float(x) for x in s]})
+    res = reward_table(model, tokenizer, chosen, reward, samples=args.samples, gen_kwargs=gen_kwargs,
+                       prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
+                       batch_inputs=args.batch_inputs, seed=args.seed, task=task, keep_samples=bool(args.samples_out))
+    rows, sample_rows, truncated, n_tokens = res["rows"], res["samples"], res["truncated"], res["tokens"]
+    t_gen, t_score = res["generate_s"], res["score_s"]
     import pandas as pd
 
     write_csv(pd.DataFrame(rows), args.out)

@@ -35,6 +35,13 @@ _needs_model += [(f"rft.tasks.{t}.model", spec["model"]) for t, spec in RFT["tas
 _needs_model += [("ches.models", m) for m in CHES["models"]]
 if RFT["sentiment_model"] is not None:
     _needs_model.append(("rft.sentiment_model", RFT["sentiment_model"]))
+FT = RFT["finetune"]
+for _t in FT["tasks"]:
+    if _t not in RFT["tasks"]:
+        raise WorkflowError(f"rft.finetune.tasks: no such task {_t!r} in rft.tasks (have {sorted(RFT['tasks'])})")
+    for _k in ("ppo", "ppo_on_supervised", "sft"):
+        if _k not in RFT["tasks"][_t]:
+            raise WorkflowError(f"rft.tasks.{_t}.{_k} is required: the task is in rft.finetune.tasks")
 for _where, _m in _needs_model:
     if _m not in config["models"]:
         raise WorkflowError(f"{_where}: no such model {_m!r} in models (have {sorted(config['models'])})")
@@ -59,6 +66,10 @@ wildcard_constraints:
     measure="ches|ches_ln|minus_edit_distance|hidden_inner_prod",
     quantile=r"[0-9.]+",
     ches_loss="dpo|ipo",
+    rft_init=r"pretrained|sft_d[0-9.]+_s[0-9.]+",
+    rft_variant=r"default|lr_x[0-9.e+-]+|temp_[0-9.e+-]+|ent_[0-9.e+-]+",
+    dfrac=r"[0-9.]+",
+    sfrac=r"[0-9.]+",
 
 
 def model_spec_json(wildcards):
@@ -174,6 +185,70 @@ def rft_figures():
     ]
 
 
+# ---------------------------------------------------------------- P1 finetuning (Findings II/III, §5)
+FULL_SFT = "sft_d1_s1"
+
+
+def sft_init(d, s):
+    return f"sft_d{d:g}_s{s:g}"
+
+
+def rft_variants():
+    h = FT["heuristics"]
+    return (["default"] + [f"lr_x{m:g}" for m in h["lr_mult"]] + [f"temp_{t:g}" for t in h["temperature"]]
+            + [f"ent_{e:g}" for e in h["ent_coef"]])
+
+
+def rft_finetune_runs():
+    """(task, init, variant): RFT from the pretrained model (default + each heuristic) and from every
+    cheap-SFT checkpoint (default settings; d = s = 1 is full SFT->RFT)."""
+    runs = []
+    for t in FT["tasks"]:
+        runs += [(t, "pretrained", v) for v in rft_variants()]
+        runs += [(t, sft_init(d, s), "default") for d in FT["cheap_sft"]["data_frac"]
+                 for s in FT["cheap_sft"]["steps_frac"]]
+    return [f"results/{SCALE}/rft/runs/{t}/{i}/{v}/seed~{seed}" for t, i, v in runs for seed in FT["seeds"]]
+
+
+def rft_run_settings(wildcards) -> dict:
+    """CLI settings of one RFT run: the task's ppo (from pretrained) or ppo_on_supervised (from SFT)
+    block, with one heuristic knob changed by the variant."""
+    task = RFT["tasks"][wildcards.task]
+    run = dict(task["ppo"] if wildcards.rft_init == "pretrained" else task["ppo_on_supervised"])
+    gen = dict(task["gen_kwargs"]) | dict(run.pop("gen_kwargs", {}) or {})
+    v = wildcards.rft_variant
+    temperature = None
+    if v.startswith("lr_x"):
+        run["lr"] = run["lr"] * float(v[4:])
+    elif v.startswith("temp_"):
+        temperature = float(v[5:])
+    elif v.startswith("ent_"):
+        run["ent_coef"] = float(v[4:])
+    opts = (f"--lr {run['lr']:g} --iterations {run['iterations']} --inputs-per-iter {run['inputs_per_iter']}"
+            f" --samples-per-input {run['samples_per_input']} --n-epochs {run['n_epochs']}"
+            f" --minibatch {run['minibatch']} --kl-coef {run['kl_coef']:g} --ent-coef {run['ent_coef']:g}")
+    if run.get("target_kl") is not None:
+        opts += f" --target-kl {run['target_kl']:g}"
+    if temperature is not None:
+        opts += f" --temperature {temperature:g}"
+    if v != "default" or wildcards.rft_init not in ("pretrained", FULL_SFT):
+        opts += " --no-eval-before"  # only the two reference runs need the initial model's rewards
+    return {"opts": opts, "gen": json.dumps(gen)}
+
+
+def rft_init_model(wildcards):
+    if wildcards.rft_init == "pretrained":
+        return f"resources/models/{RFT['tasks'][wildcards.task]['model']}"
+    return f"results/{wildcards.scale}/rft/sft/{wildcards.task}/{wildcards.rft_init}/model"
+
+
+def rft_finetune_figures():
+    names = ["table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft"]
+    figs = ["rft_finding2", "rft_heuristics", "rft_cheap_sft", "rft_diagnostics"]
+    return [f"figures/{SCALE}/{n}.{e}" for n in names for e in ("csv", "md")] + [
+        f"figures/{SCALE}/{n}.{e}" for n in figs for e in ("png", "pdf")]
+
+
 def ches_runs():
     d = CHES["dpo"]
     return [
@@ -198,5 +273,7 @@ def final_outputs():
     # the figures alone would look up to date; the missing CSVs make the whole branch run.
     persona = [f"results/{SCALE}/persona/{name}.csv" for name in ("runs", "steps")] + persona_figures()
     rft = [f"results/{SCALE}/rft/reward_stats.csv"] + rft_figures()
+    if FT["tasks"]:
+        rft += [f"results/{SCALE}/rft/finetune_runs.csv"] + rft_finetune_figures()
     ches = [f"results/{SCALE}/ches/runs.csv"] + ches_figures()
     return persona + theory_results() + theory_figures() + rft + ches

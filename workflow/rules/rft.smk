@@ -93,3 +93,108 @@ rule rft_stats_figures:
     shell:
         "python -m experiments.rft.report --stats {params.runs} --scale {wildcards.scale}"
         " --threshold {params.threshold} --out-csv {output.csv} --out-dir figures/{wildcards.scale} > {log} 2>&1"
+
+
+# P1 Findings II/III and §5: SFT (cheap-SFT grid), RFT from the pretrained model (default + §5.1
+# heuristics) and from every SFT checkpoint, and the figures/tables over all of them.
+
+
+rule rft_sft:
+    input:
+        model=lambda w: f"resources/models/{RFT['tasks'][w.task]['model']}",
+        data=lambda w: f"resources/data/grue/{rft_task(w)['loader']}.jsonl",
+    output:
+        model=directory("results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/model"),
+        summary="results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/summary.json",
+        train_log="results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/train_log.csv",
+    log:
+        "logs/{scale}/rft_sft/{task}/sft_d{dfrac}_s{sfrac}.log",
+    params:
+        t=rft_task,
+        s=lambda w: rft_task(w)["sft"],
+        out_dir=subpath(output.summary, parent=True),
+        precision=FT["precision"],
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.rft.sft --model {input.model} --data {input.data}"
+        " --prompt-format {params.t[prompt_format]} --max-prompt-tokens {params.t[max_prompt_tokens]}"
+        " --max-target-tokens {params.s[max_target_tokens]} --data-frac {wildcards.dfrac} --steps-frac {wildcards.sfrac}"
+        " --epochs {params.s[epochs]} --batch-size {params.s[batch_size]} --lr {params.s[lr]}"
+        " --lr-scheduler {params.s[lr_scheduler]} --weight-decay {params.s[weight_decay]}"
+        " --max-pool {params.s[max_pool]} --precision {params.precision} --device {params.device}"
+        " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule rft_train:
+    input:
+        unpack(sentiment_reward_input),
+        model=rft_init_model,
+        data=lambda w: f"resources/data/grue/{rft_task(w)['loader']}.jsonl",
+    output:
+        summary="results/{scale}/rft/runs/{task}/{rft_init}/{rft_variant}/seed~{seed}/summary.json",
+        diagnostics="results/{scale}/rft/runs/{task}/{rft_init}/{rft_variant}/seed~{seed}/diagnostics.csv",
+        per_input="results/{scale}/rft/runs/{task}/{rft_init}/{rft_variant}/seed~{seed}/per_input.csv",
+    log:
+        "logs/{scale}/rft_train/{task}/{rft_init}/{rft_variant}/seed~{seed}.log",
+    params:
+        t=rft_task,
+        run=rft_run_settings,
+        eval_gen=lambda w: json.dumps(rft_task(w)["gen_kwargs"]),
+        ft=FT,
+        reward_kwargs=lambda w, input: json.dumps(
+            rft_task(w).get("reward_kwargs", {}) | ({"model": input.reward_model} if "reward_model" in input.keys() else {})
+        ),
+        threshold=RFT["small_std_threshold"],
+        data_seed=RFT["stats"]["seed"],
+        out_dir=subpath(output.summary, parent=True),
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.rft.train --algorithm {params.ft[algorithm]} --model {input.model} --data {input.data}"
+        " --task {wildcards.task} --reward {params.t[reward]} --reward-kwargs {params.reward_kwargs:q}"
+        " --prompt-format {params.t[prompt_format]} --max-prompt-tokens {params.t[max_prompt_tokens]}"
+        " --gen-kwargs {params.run[gen]:q} --eval-gen-kwargs {params.eval_gen:q} {params.run[opts]}"
+        " --train-inputs {params.ft[train_inputs]} --data-seed {params.data_seed}"
+        " --eval-inputs {params.ft[eval][inputs]} --eval-samples {params.ft[eval][samples]}"
+        " --eval-batch-inputs {params.ft[eval][batch_inputs]} --train-top-layers {params.ft[train_top_layers]}"
+        " --small-std-threshold {params.threshold} --seed {wildcards.seed} --precision {params.ft[precision]}"
+        " --device {params.device} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule rft_finetune_figures:
+    input:
+        summaries=[f"{run}/summary.json" for run in rft_finetune_runs()],
+    output:
+        runs="results/{scale}/rft/finetune_runs.csv",
+        tables=multiext("figures/{scale}/table_rft_findings", ".csv", ".md")
+        + multiext("figures/{scale}/table_rft_heuristics", ".csv", ".md")
+        + multiext("figures/{scale}/table_rft_cheap_sft", ".csv", ".md"),
+        figures=multiext("figures/{scale}/rft_finding2", ".png", ".pdf")
+        + multiext("figures/{scale}/rft_heuristics", ".png", ".pdf")
+        + multiext("figures/{scale}/rft_cheap_sft", ".png", ".pdf")
+        + multiext("figures/{scale}/rft_diagnostics", ".png", ".pdf"),
+    log:
+        "logs/{scale}/rft_finetune_figures.log",
+    params:
+        runs=rft_finetune_runs(),
+        threshold=RFT["small_std_threshold"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.rft.findings --runs {params.runs} --scale {wildcards.scale}"
+        " --threshold {params.threshold} --out-csv {output.runs} --out-dir figures/{wildcards.scale} > {log} 2>&1"

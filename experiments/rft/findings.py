@@ -1,0 +1,280 @@
+"""P1 Findings II and III, §5.1 heuristics and §5.2 cheap SFT: tables and figures drawn only from the
+RFT run folders (``results/<scale>/rft/runs/<task>/<init>/<variant>/seed~<n>/``).
+
+``init`` is ``pretrained`` or ``sft_d<data_frac>_s<steps_frac>`` (``sft_d1_s1`` = full SFT); ``variant``
+is ``default`` or one §5.1 knob (``lr_x10``, ``temp_2``, ``ent_0.1``). Rewards are the evaluation rewards
+(mean over the samples of each evaluated train input, then over inputs):
+
+* **Finding II** (per input): the RFT gain ``after − before`` of ``pretrained/default`` against the
+  input's initial reward std (under the pretrained model); the SFT gain ``SFT − pretrained`` of the same
+  input (the full SFT model's "before" rewards) for contrast. Binned means with 95 % t-intervals + scatter.
+* **Finding III** (per task): share of inputs with initial std below the threshold, and the mean RFT,
+  SFT and SFT→RFT gains over the pretrained model.
+* **§5.1**: the final reward, on all inputs and on the small-std inputs, of each heuristic next to
+  default RFT and SFT→RFT.
+* **§5.2**: final reward of RFT after SFT on a fraction of inputs for a fraction of steps, as a
+  percentage of full SFT→RFT.
+
+    python -m experiments.rft.findings --runs RUN_DIR... --scale tiny --threshold 0.05 \
+        --out-csv results/tiny/rft/finetune_runs.csv --out-dir figures/tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from experiments.common.cli import UserError, main_guard
+from experiments.common.io import read_json, save_figure, write_csv, write_table
+
+RUN_RE = re.compile(r"runs/(?P<task>[^/]+)/(?P<init>pretrained|sft_d(?P<d>[0-9.]+)_s(?P<s>[0-9.]+))/"
+                    r"(?P<variant>[^/]+)/seed~(?P<seed>\d+)/?$")
+FULL_SFT = "sft_d1_s1"
+# What the paper reports for these quantities (papers.md §1.3.3-1.3.4); everything else is not retrievable.
+PAPER = {
+    ("narrative_qa", "heuristics"): "train reward ≈0.10 for every heuristic vs 0.54 for SFT→RFT (P1 Table 2, via a secondary source)",
+    ("any", "cheap_sft"): "SFT on 1 % of inputs for 40 % of the steps, then RFT: ≈96 % of full SFT→RFT (P1 Fig. 4)",
+}
+
+
+def parse_run(path: str) -> dict:
+    m = RUN_RE.search(Path(path).as_posix())
+    if not m:
+        raise UserError(f"{path}: not an RFT run folder (runs/<task>/<init>/<variant>/seed~<n>)")
+    return {"task": m["task"], "init": m["init"], "variant": m["variant"], "seed": int(m["seed"]),
+            "data_frac": float(m["d"]) if m["d"] else None, "steps_frac": float(m["s"]) if m["s"] else None}
+
+
+def collect(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs: one row per run, per_input: one row per run and input, diagnostics: one row per run and
+    iteration)."""
+    runs, per, diag = [], [], []
+    for d in run_dirs:
+        key = parse_run(d)
+        s = read_json(Path(d) / "summary.json")
+        runs.append(key | {k: s.get(k) for k in ("algorithm", "reward_before", "reward_after", "train_reward_first",
+                                                  "train_reward_last", "iterations", "lr", "ent_coef",
+                                                  "train_seconds")}
+                    | {"temperature": (s.get("gen_kwargs") or {}).get("temperature")})
+        per.append(pd.read_csv(Path(d) / "per_input.csv").assign(**key))
+        diag.append(pd.read_csv(Path(d) / "diagnostics.csv").assign(**key))
+    if not runs:
+        raise UserError("no RFT runs")
+    return pd.DataFrame(runs), pd.concat(per, ignore_index=True), pd.concat(diag, ignore_index=True)
+
+
+def mean_ci(x) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (0 for one value)."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    if len(x) == 1:
+        return float(x[0]), 0.0
+    return float(x.mean()), float(sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def per_input_gains(per: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Per input (mean over seeds): initial std and mean under the pretrained model, RFT gain, SFT gain,
+    SFT→RFT gain."""
+    p = per[(per.task == task)]
+    base = p[(p.init == "pretrained") & (p.variant == "default")]
+    if base.empty or base["mean_before"].isna().all():
+        raise UserError(f"{task}: the pretrained/default run (with its 'before' evaluation) is missing")
+    g = base.groupby("input_id").agg(std0=("std_before", "mean"), mean0=("mean_before", "mean"),
+                                     rft=("mean_after", "mean"))
+    sft = p[(p.init == FULL_SFT) & (p.variant == "default")].groupby("input_id").agg(
+        sft=("mean_before", "mean"), sft_rft=("mean_after", "mean"))
+    g = g.join(sft, how="left")
+    g["rft_gain"] = g["rft"] - g["mean0"]
+    g["sft_gain"] = g["sft"] - g["mean0"]
+    g["sft_rft_gain"] = g["sft_rft"] - g["mean0"]
+    return g.reset_index()
+
+
+def findings_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, scale: str) -> pd.DataFrame:
+    rows = []
+    n_seeds = runs.groupby("task")["seed"].nunique()
+    for task in sorted(runs.task.unique()):
+        g = per_input_gains(per, task)
+        rho_rft = sps.spearmanr(g["std0"], g["rft_gain"]).statistic if len(g) > 2 else float("nan")
+        rho_sft = sps.spearmanr(g["std0"], g["sft_gain"]).statistic if g["sft_gain"].notna().sum() > 2 else float("nan")
+        small = g["std0"] < threshold
+        rows.append({
+            "task": task, "inputs": len(g), f"share std < {threshold:g}": round(float(small.mean()), 3),
+            "reward pretrained": round(float(g["mean0"].mean()), 4),
+            "RFT gain": round(float(g["rft_gain"].mean()), 4),
+            "RFT gain, small-std inputs": round(float(g.loc[small, "rft_gain"].mean()), 4) if small.any() else None,
+            "SFT gain": round(float(g["sft_gain"].mean()), 4),
+            "SFT→RFT gain": round(float(g["sft_rft_gain"].mean()), 4),
+            "Spearman(std, RFT gain)": round(float(rho_rft), 3),
+            "Spearman(std, SFT gain)": round(float(rho_sft), 3),
+            "source": f"our run, {scale} scale, {int(n_seeds[task])} seed(s); paper: per-task values not retrievable (papers.md §1.3.1)",
+        })
+    return pd.DataFrame(rows)
+
+
+def heuristics_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, scale: str) -> pd.DataFrame:
+    rows = []
+    for task in sorted(runs.task.unique()):
+        g = per_input_gains(per, task).set_index("input_id")
+        small = g.index[g["std0"] < threshold]
+        p = per[(per.task == task)]
+        arms = [("pretrained", v) for v in sorted(p[p.init == "pretrained"].variant.unique())]
+        arms += [(FULL_SFT, "default")] if ((p.init == FULL_SFT) & (p.variant == "default")).any() else []
+        n_seeds = runs[runs.task == task].seed.nunique()
+        for init, variant in arms:
+            a = p[(p.init == init) & (p.variant == variant)]
+            by_seed_all = a.groupby("seed")["mean_after"].mean()
+            by_seed_small = a[a.input_id.isin(small)].groupby("seed")["mean_after"].mean()
+            m, ci = mean_ci(by_seed_all)
+            ms, cis = mean_ci(by_seed_small) if len(small) else (float("nan"), float("nan"))
+            arm = "SFT→RFT" if init == FULL_SFT else ("RFT (default)" if variant == "default" else f"RFT, {variant}")
+            rows.append({"task": task, "arm": arm, "final reward": round(m, 4), "±95% CI": round(ci, 4),
+                         f"final reward, std < {threshold:g} inputs": round(ms, 4), "±95% CI (small)": round(cis, 4),
+                         "small-std inputs": len(small),
+                         "source": f"our run, {scale} scale, {n_seeds} seed(s)"})
+    return pd.DataFrame(rows)
+
+
+def cheap_sft_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
+    c = runs[runs.init.str.startswith("sft_") & (runs.variant == "default")]
+    rows = []
+    for task, t in c.groupby("task"):
+        full = t[t.init == FULL_SFT]["reward_after"].mean()
+        if not np.isfinite(full) or full == 0:
+            raise UserError(f"{task}: the full SFT→RFT run ({FULL_SFT}) is missing or has zero reward")
+        for (d, s), cell in t.groupby(["data_frac", "steps_frac"]):
+            rows.append({"task": task, "data fraction": d, "steps fraction": s,
+                         "final reward": round(float(cell["reward_after"].mean()), 4),
+                         "% of full SFT→RFT": round(float(100 * cell["reward_after"].mean() / full), 1),
+                         "source": f"our run, {scale} scale, {cell.seed.nunique()} seed(s); paper: "
+                                   + PAPER[("any", "cheap_sft")]})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _binned(x, y, bins: int):
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:
+        return [], [], []
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    centres, means, cis = [], [], []
+    for b in range(len(edges) - 1):
+        sel = idx == b
+        if sel.sum() == 0:
+            continue
+        m, ci = mean_ci(np.asarray(y)[sel])
+        centres.append(float(np.mean(np.asarray(x)[sel])))
+        means.append(m)
+        cis.append(ci)
+    return centres, means, cis
+
+
+def finding2_figure(runs, per, threshold, prefix, bins: int = 4):
+    tasks = sorted(runs.task.unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        g = per_input_gains(per, task)
+        for col, label, colour in (("rft_gain", "RFT", "C0"), ("sft_gain", "SFT", "C1")):
+            ok = g[col].notna()
+            if not ok.any():
+                continue
+            ax.scatter(g.loc[ok, "std0"], g.loc[ok, col], s=10, alpha=0.35, color=colour)
+            c, m, ci = _binned(g.loc[ok, "std0"].to_numpy(), g.loc[ok, col].to_numpy(), bins)
+            ax.errorbar(c, m, yerr=ci, marker="o", color=colour, capsize=3, label=f"{label} (binned mean, 95% CI)")
+        ax.axvline(threshold, color="grey", ls=":", lw=1)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set(title=task, xlabel="initial reward std (pretrained model)", ylabel="reward gain on the input")
+        ax.legend(fontsize=7)
+    fig.suptitle("P1 Finding II: RFT gains little where the initial reward std is small; SFT does not need it",
+                 fontsize=9)
+    save_figure(fig, prefix)
+
+
+def heuristics_figure(table: pd.DataFrame, threshold: float, prefix):
+    tasks = sorted(table.task.unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.6), squeeze=False)
+    col = f"final reward, std < {threshold:g} inputs"
+    for ax, task in zip(axes[0], tasks):
+        t = table[table.task == task]
+        colours = ["C1" if a == "SFT→RFT" else "C0" for a in t.arm]
+        ax.bar(t.arm, t[col], yerr=t["±95% CI (small)"], color=colours, capsize=3)
+        ax.set(title=f"{task}: inputs with initial std < {threshold:g}", ylabel="final reward")
+        ax.tick_params(axis="x", rotation=35, labelsize=7)
+    fig.suptitle("P1 §5.1: larger lr, temperature or entropy bonus vs SFT→RFT on small-std inputs", fontsize=9)
+    save_figure(fig, prefix)
+
+
+def cheap_sft_figure(table: pd.DataFrame, prefix):
+    tasks = sorted(table.task.unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        t = table[table.task == task].pivot(index="data fraction", columns="steps fraction", values="% of full SFT→RFT")
+        im = ax.imshow(t.to_numpy(), cmap="viridis", origin="lower", aspect="auto")
+        ax.set_xticks(range(len(t.columns)), [f"{c:g}" for c in t.columns])
+        ax.set_yticks(range(len(t.index)), [f"{c:g}" for c in t.index])
+        for i in range(t.shape[0]):
+            for j in range(t.shape[1]):
+                ax.text(j, i, f"{t.iat[i, j]:.0f}%", ha="center", va="center", color="white", fontsize=8)
+        ax.set(title=task, xlabel="fraction of the full SFT steps", ylabel="fraction of labelled inputs")
+        fig.colorbar(im, ax=ax, label="% of full SFT→RFT reward")
+    fig.suptitle("P1 §5.2: cheap SFT then RFT (final reward relative to full SFT→RFT)", fontsize=9)
+    save_figure(fig, prefix)
+
+
+def diagnostics_figure(diag: pd.DataFrame, prefix):
+    keys = [("mean_reward", "mean reward"), ("frac_small_std", "fraction of inputs with small std"),
+            ("grad_norm", "gradient norm"), ("kl", "KL to the initial model")]
+    d = diag[diag.variant == "default"]
+    d = d[(d.init == "pretrained") | (d.init == FULL_SFT)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    for ax, (k, label) in zip(axes, keys):
+        for (task, init), g in d.groupby(["task", "init"]):
+            m = g.groupby("iteration")[k].mean()
+            ax.plot(m.index + 1, m.to_numpy(), marker=".", label=f"{task}, {'SFT→RFT' if init == FULL_SFT else 'RFT'}")
+        ax.set(xlabel="iteration", title=label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("RFT diagnostics per iteration (training rollouts)", fontsize=9)
+    save_figure(fig, prefix)
+
+
+@main_guard
+def main(argv=None):
+    p = argparse.ArgumentParser(description="P1 Findings II/III, §5.1 heuristics, §5.2 cheap SFT: tables and figures")
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--scale", required=True)
+    p.add_argument("--threshold", type=float, required=True, help="small initial reward std")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-dir", required=True)
+    args = p.parse_args(argv)
+    runs, per, diag = collect(args.runs)
+    out = Path(args.out_dir)
+    write_csv(runs, args.out_csv)
+    findings = findings_table(runs, per, args.threshold, args.scale)
+    heur = heuristics_table(runs, per, args.threshold, args.scale)
+    cheap = cheap_sft_table(runs, args.scale)
+    write_table(findings, out / "table_rft_findings")
+    write_table(heur, out / "table_rft_heuristics")
+    write_table(cheap, out / "table_rft_cheap_sft")
+    finding2_figure(runs, per, args.threshold, out / "rft_finding2")
+    heuristics_figure(heur, args.threshold, out / "rft_heuristics")
+    cheap_sft_figure(cheap, out / "rft_cheap_sft")
+    diagnostics_figure(diag, out / "rft_diagnostics")
+    print(findings.to_markdown(index=False))
+    print(heur.to_markdown(index=False))
+    print(cheap.to_markdown(index=False))
+    return findings, heur, cheap
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Findings II/III, heuristics and cheap-SFT tables (experiments.rft.findings) on hand-made run folders."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from experiments.rft import findings
+
+IDS = ["a", "b", "c", "d"]
+STD0 = [0.0, 0.01, 0.2, 0.3]
+MEAN0 = [0.1, 0.2, 0.3, 0.4]
+
+
+def _run(root, init, variant, after, before=None, seed=0):
+    d = root / "results/tiny/rft/runs/cg" / init / variant / f"seed~{seed}"
+    d.mkdir(parents=True)
+    nan = float("nan")
+    pd.DataFrame({"input_id": IDS, "mean_before": before[0] if before else [nan] * 4,
+                  "std_before": before[1] if before else [nan] * 4, "mean_after": after,
+                  "std_after": [0.1] * 4}).to_csv(d / "per_input.csv", index=False)
+    pd.DataFrame({"iteration": [0, 1], "mean_reward": [0.1, 0.2], "mean_std": [0.1, 0.1],
+                  "frac_small_std": [0.5, 0.5], "grad_norm": [1.0, 2.0], "kl": [0.0, 0.1],
+                  "kl_coef": [0.01, 0.01]}).to_csv(d / "diagnostics.csv", index=False)
+    summary = {"algorithm": "ppo", "reward_before": sum(before[0]) / 4 if before else None,
+               "reward_after": sum(after) / 4, "iterations": 2, "lr": 1e-5, "ent_coef": 0.0, "gen_kwargs": {}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return str(d)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    out = [
+        _run(tmp_path, "pretrained", "default", after=[0.1, 0.2, 0.5, 0.7], before=(MEAN0, STD0)),
+        _run(tmp_path, "pretrained", "lr_x10", after=[0.1, 0.25, 0.3, 0.4]),
+        # full SFT: its "before" is the SFT model's reward
+        _run(tmp_path, "sft_d1_s1", "default", after=[0.5, 0.6, 0.7, 0.8], before=([0.3, 0.4, 0.5, 0.6], [0.1] * 4)),
+        _run(tmp_path, "sft_d0.1_s1", "default", after=[0.4, 0.5, 0.6, 0.7]),
+        _run(tmp_path, "sft_d0.1_s0.4", "default", after=[0.2, 0.3, 0.4, 0.5]),
+        _run(tmp_path, "sft_d1_s0.4", "default", after=[0.45, 0.55, 0.65, 0.75]),
+    ]
+    return out
+
+
+def test_parse_run_rejects_other_folders():
+    assert findings.parse_run("x/runs/cg/sft_d0.01_s0.4/default/seed~2") == {
+        "task": "cg", "init": "sft_d0.01_s0.4", "variant": "default", "seed": 2, "data_frac": 0.01, "steps_frac": 0.4}
+    from experiments.common.cli import UserError
+
+    with pytest.raises(UserError):
+        findings.parse_run("x/runs/cg/default/seed~0")
+
+
+def test_finding3_table_by_hand(runs):
+    r, per, _ = findings.collect(runs)
+    t = findings.findings_table(r, per, threshold=0.05, scale="tiny").iloc[0]
+    assert t["share std < 0.05"] == 0.5                        # inputs a, b
+    assert t["RFT gain"] == pytest.approx((0 + 0 + 0.2 + 0.3) / 4)
+    assert t["RFT gain, small-std inputs"] == pytest.approx(0.0)
+    assert t["SFT gain"] == pytest.approx(0.2)                 # SFT "before" - pretrained "before"
+    assert t["SFT→RFT gain"] == pytest.approx(0.4)
+    assert t["Spearman(std, RFT gain)"] == pytest.approx((4.5 / 5) ** 0.5, abs=1e-3)  # ranks by hand
+    assert "1 seed" in t["source"]
+
+
+def test_heuristics_table_on_small_std_inputs(runs):
+    r, per, _ = findings.collect(runs)
+    t = findings.heuristics_table(r, per, threshold=0.05, scale="tiny").set_index("arm")
+    col = "final reward, std < 0.05 inputs"
+    assert t.loc["RFT (default)", col] == pytest.approx(0.15)   # mean of a, b after default RFT
+    assert t.loc["RFT, lr_x10", col] == pytest.approx(0.175)
+    assert t.loc["SFT→RFT", col] == pytest.approx(0.55)
+    assert t.loc["RFT, lr_x10", "final reward"] == pytest.approx(1.05 / 4)
+
+
+def test_cheap_sft_percentages(runs):
+    r, _, _ = findings.collect(runs)
+    t = findings.cheap_sft_table(r, "tiny").set_index(["data fraction", "steps fraction"])
+    full = (0.5 + 0.6 + 0.7 + 0.8) / 4
+    assert t.loc[(1.0, 1.0), "% of full SFT→RFT"] == 100.0
+    assert t.loc[(0.1, 0.4), "% of full SFT→RFT"] == pytest.approx(round(100 * 0.35 / full, 1))
+    assert t.loc[(1.0, 0.4), "% of full SFT→RFT"] == pytest.approx(round(100 * 0.6 / full, 1))
+
+
+def test_missing_reference_run_is_a_clear_error(runs):
+    from experiments.common.cli import UserError
+
+    r, per, _ = findings.collect(runs[1:])
+    with pytest.raises(UserError, match="pretrained/default"):
+        findings.findings_table(r, per, 0.05, "tiny")
+
+
+def test_cli_writes_every_output(runs, tmp_path):
+    out = tmp_path / "fig"
+    findings.main(["--runs", *runs, "--scale", "tiny", "--threshold", "0.05", "--out-csv",
+                   str(tmp_path / "runs.csv"), "--out-dir", str(out)])
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == len(runs)
+    for name in ("table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft"):
+        assert (out / f"{name}.md").read_text().startswith("| task")
+    for name in ("rft_finding2", "rft_heuristics", "rft_cheap_sft", "rft_diagnostics"):
+        assert (out / f"{name}.png").stat().st_size > 5000

@@ -1,0 +1,192 @@
+"""PPO (experiments.rft.ppo): GAE and the KL controller against hand computation, the loss against its
+closed form, and the whole update converging to the known optimum of a bandit and a two-step MDP."""
+
+import math
+
+import pytest
+import torch
+
+from experiments.rft.ppo import (
+    AdaptiveKLController,
+    PPOConfig,
+    gae,
+    masked_whiten,
+    ppo_loss,
+    ppo_update,
+    shaped_rewards,
+)
+
+
+def test_gae_matches_hand_computation():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, 2.0, 0.0]])
+    values = torch.tensor([[0.2, 0.4, 0.6], [1.0, 3.0, 9.9]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    # row 0: δ2 = 1 - .6 ; δ1 = 0 + .9*.6 - .4 ; δ0 = 0 + .9*.4 - .2
+    d2, d1, d0 = 1 - 0.6, 0.9 * 0.6 - 0.4, 0.9 * 0.4 - 0.2
+    a2 = d2
+    a1 = d1 + gamma * lam * a2
+    a0 = d0 + gamma * lam * a1
+    assert adv[0].tolist() == pytest.approx([a0, a1, a2])
+    # row 1 ends after two steps: the value 9.9 of the padding step must not leak in
+    e1 = 2.0 - 3.0
+    e0 = 0.5 + 0.9 * 3.0 - 1.0 + gamma * lam * e1
+    assert adv[1].tolist() == pytest.approx([e0, e1, 0.0])
+    assert ret[1].tolist() == pytest.approx([e0 + 1.0, e1 + 3.0, 0.0])
+
+
+def test_gae_lambda_one_gamma_one_is_reward_to_go_minus_value():
+    rewards = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+    values = torch.tensor([[0.3, 0.1, -0.4, 0.0]])
+    adv, ret = gae(rewards, values, torch.ones(1, 4), 1.0, 1.0)
+    togo = torch.flip(torch.cumsum(torch.flip(rewards, [1]), 1), [1])
+    assert torch.allclose(ret, togo)
+    assert torch.allclose(adv, togo - values)
+
+
+def test_shaped_rewards_put_the_task_reward_on_the_last_valid_token():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0], [-2.0, -1.0, -7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    r, kl = shaped_rewards(torch.tensor([1.0, 0.25]), logp, ref, mask, kl_coef=0.1)
+    assert torch.allclose(kl, torch.tensor([[0.5, 0.0, -1.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(r, torch.tensor([[-0.05, 0.0, 0.1 + 1.0], [-0.1, 0.25, 0.0]]))
+    with pytest.raises(ValueError):
+        shaped_rewards(torch.tensor([1.0]), logp[:1], ref[:1], torch.zeros(1, 3), 0.1)
+
+
+@pytest.mark.parametrize("kl, expected", [
+    (0.2, 1.0),              # on target: unchanged
+    (0.3, 1.0 + 0.1 * 0.2),  # 50 % over: error clipped to +0.2
+    (0.22, 1.0 + 0.1 * 0.1),  # 10 % over
+    (0.0, 1.0 - 0.1 * 0.2),  # far under: clipped to -0.2
+])
+def test_adaptive_kl_controller_rule(kl, expected):
+    ctl = AdaptiveKLController(0.5, target=0.2)
+    assert ctl.update(kl) == pytest.approx(0.5 * expected)
+
+
+def test_fixed_kl_controller_and_bad_settings():
+    ctl = AdaptiveKLController(0.01, target=None)
+    assert ctl.update(123.0) == 0.01
+    with pytest.raises(ValueError):
+        AdaptiveKLController(-1.0)
+    with pytest.raises(ValueError):
+        AdaptiveKLController(0.1, target=0.0)
+
+
+def test_ppo_loss_closed_form_and_clipping():
+    cfg = PPOConfig(clip_range=0.2, vf_coef=0.5, ent_coef=0.1)
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1
+    adv = torch.tensor([[1.0, 1.0, -2.0]])
+    values, old_values, returns = torch.tensor([[0.0, 1.0, 2.0]]), torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 1.0]])
+    ent = torch.tensor([[0.3, 0.6, 0.9]])
+    mask = torch.ones(1, 3)
+    loss, stats = ppo_loss(new, old, adv, values, old_values, returns, mask, ent, cfg)
+    # min(ρA, clip(ρ)A): 1.5*1 vs 1.2*1 -> 1.2 ; 0.5*1 vs 0.8*1 -> 0.5 ; 1.1*-2 vs 1.1*-2 -> -2.2
+    policy = -(1.2 + 0.5 - 2.2) / 3
+    value = 0.5 * (1.0 + 0.0 + 1.0) / 3
+    assert stats["policy_loss"] == pytest.approx(policy)
+    assert stats["value_loss"] == pytest.approx(value)
+    assert float(loss) == pytest.approx(policy + 0.5 * value - 0.1 * 0.6)
+    assert stats["clip_fraction"] == pytest.approx(2 / 3)
+
+
+def test_masked_whiten_ignores_padding():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, -50.0]])
+    m = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    w = masked_whiten(x, m)
+    ref = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ref = (ref - ref.mean()) / ref.std(unbiased=False)
+    assert w[:, :2].flatten().tolist() == pytest.approx(ref.tolist(), abs=1e-6)
+    assert w[:, 2].tolist() == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------------- convergence checks
+class Tabular(torch.nn.Module):
+    """A policy over ``n_states`` × ``n_actions`` logits with a state-value table."""
+
+    def __init__(self, n_states, n_actions):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(n_states, n_actions))
+        self.values = torch.nn.Parameter(torch.zeros(n_states))
+
+    def step_stats(self, states, actions):
+        logp_all = torch.log_softmax(self.logits[states], -1)
+        logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy, self.values[states]
+
+
+def _train(policy, sample_episodes, iterations, cfg, seed=0):
+    """Generic PPO loop: ``sample_episodes(gen)`` -> states, actions, rewards, mask ([N, T])."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    for _ in range(iterations):
+        states, actions, rewards, mask = sample_episodes(gen)
+        with torch.no_grad():
+            old_logp, _, old_v = policy.step_stats(states, actions)
+        adv, ret = gae(rewards, old_v * mask, mask, cfg.gamma, cfg.gae_lambda)
+        ro = {"old_logp": old_logp, "old_values": old_v * mask, "advantages": adv, "returns": ret, "mask": mask}
+        ppo_update(lambda idx, s=states, a=actions: policy.step_stats(s[idx], a[idx]),
+                   list(policy.parameters()), opt, ro, cfg, generator=gen)
+
+
+def test_ppo_solves_a_bandit():
+    arm_reward = torch.tensor([0.1, 0.5, 0.9, 0.3])  # Bernoulli arms; the optimum is arm 2
+    policy = Tabular(1, 4)
+
+    def sample(gen, n=64):
+        probs = torch.softmax(policy.logits[0].detach(), -1)
+        a = torch.multinomial(probs, n, replacement=True, generator=gen)
+        r = (torch.rand(n, generator=gen) < arm_reward[a]).float()
+        return torch.zeros(n, 1, dtype=torch.long), a.unsqueeze(1), r.unsqueeze(1), torch.ones(n, 1)
+
+    _train(policy, sample, 60, PPOConfig(lr=0.05, n_epochs=4, batch_size=16, max_grad_norm=0.0))
+    probs = torch.softmax(policy.logits[0].detach(), -1)
+    assert int(probs.argmax()) == 2 and float(probs[2]) > 0.9
+
+
+def test_ppo_solves_a_two_step_token_mdp():
+    # step 1 picks token a in {0, 1}; step 2 picks token b in {0, 1} in state 1 + a; reward R[a, b] at the end.
+    # A myopic first choice prefers a = 0 (its mean reward is higher under a uniform second step), the
+    # optimum is a = 1, b = 0 (reward 1.0): only credit assignment through the value of state 2 finds it.
+    R = torch.tensor([[0.6, 0.6], [1.0, 0.0]])
+    policy = Tabular(3, 2)
+
+    def sample(gen, n=64):
+        p1 = torch.softmax(policy.logits[0].detach(), -1)
+        a = torch.multinomial(p1, n, replacement=True, generator=gen)
+        s2 = 1 + a
+        p2 = torch.softmax(policy.logits[s2].detach(), -1)
+        b = torch.multinomial(p2, 1, generator=gen).squeeze(1)
+        rewards = torch.zeros(n, 2)
+        rewards[:, 1] = R[a, b]
+        states = torch.stack([torch.zeros(n, dtype=torch.long), s2], 1)
+        return states, torch.stack([a, b], 1), rewards, torch.ones(n, 2)
+
+    _train(policy, sample, 80, PPOConfig(lr=0.05, n_epochs=4, batch_size=16, gamma=1.0, gae_lambda=0.95,
+                                         max_grad_norm=0.0))
+    p1 = torch.softmax(policy.logits[0].detach(), -1)
+    p2 = torch.softmax(policy.logits[2].detach(), -1)
+    assert float(p1[1]) > 0.9 and float(p2[0]) > 0.9
+    expected = float(p1[1] * p2[0] * 1.0 + p1[0] * 0.6)
+    assert expected > 0.9 * 1.0 and not math.isnan(expected)
+
+
+def test_zero_std_rewards_give_zero_policy_gradient():
+    """P1's mechanism in one line: equal rewards for every sample of an input -> zero advantage after
+    whitening over that input -> no policy gradient (the value head still learns)."""
+    policy = Tabular(1, 3)
+    a = torch.tensor([[0], [1], [2], [1]])
+    states = torch.zeros(4, 1, dtype=torch.long)
+    mask = torch.ones(4, 1)
+    ro = {"old_logp": policy.step_stats(states, a)[0].detach(), "old_values": torch.zeros(4, 1),
+          "advantages": torch.zeros(4, 1), "returns": torch.full((4, 1), 0.7), "mask": mask}
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+    ppo_update(lambda idx: policy.step_stats(states[idx], a[idx]), list(policy.parameters()), opt, ro,
+               PPOConfig(n_epochs=1, batch_size=4, normalize_advantage=False, max_grad_norm=0.0))
+    assert torch.count_nonzero(policy.logits.detach()) == 0
+    assert float(policy.values.detach()[0]) != 0.0
