@@ -107,8 +107,12 @@ def test_paper_scale_plans_every_persona_run():
                                  "daily_dialog"}
     assert {t["model"] for t in rft["tasks"].values()} == {"t5-base", "gpt2", "gpt2-imdb"}
     assert counts["prepare_grue_task"] == counts["reward_stats"] == 7 and "train_sentiment_reward" not in counts
-    # P2 Fig. 2: 3 models x 2 datasets x 3 measures x 5 quantiles x 3 seeds, for DPO and for IPO
-    assert counts["ches_score"] == 3 * 2 and counts["ches_dpo"] == 3 * 2 * 3 * 5 * 3 * 2
+    # P2 Fig. 2: 3 models x 2 datasets x 3 measures x 5 quantiles, for DPO and for IPO; each job trains
+    # the subset once per seed (3 seeds) in one process
+    assert counts["ches_score"] == 3 * 2 and counts["ches_dpo"] == 3 * 2 * 3 * 5 * 2
+    assert len(load_scale("paper")["ches"]["seeds"]) == 3
+    assert len(set(re.findall(r"ches/[^/]+/[^/]+/(?:dpo|ipo)/[^/]+/q~[0-9.]+/seed~\d+/summary\.json", r.stdout))) \
+        == 3 * 2 * 3 * 5 * 3 * 2
     # P1 §4.1/§5: per task, RFT from the pretrained model (default + each heuristic) and after each
     # cheap-SFT checkpoint (full SFT->RFT included), every one x seeds; one SFT per grid cell
     ft = rft["finetune"]
