@@ -73,3 +73,16 @@ def test_bad_persona_lines_name_file_and_line(line, needle):
     with pytest.raises(UserError) as e:
         normalise_records([good, line], "f.jsonl")
     assert needle in str(e.value)
+
+
+def test_atomic_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    from experiments.common.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644

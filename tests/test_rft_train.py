@@ -189,3 +189,39 @@ def test_bad_arguments_exit_2(models, task_file, tmp_path, capsys, kw, needle):
         train.main(_argv(models["llama"], task_file, tmp_path / "run", **kw))
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_prefix_cache_equals_the_full_forward(models):
+    """Top-k training runs the frozen blocks once per rollout: the cached path must give the same
+    ln π, entropy and values as the full forward, for the policy, a minibatch of it, and the reference."""
+    import copy
+
+    from experiments.models.load import load_causal_lm
+
+    torch.manual_seed(0)
+    ac = ActorCritic(load_causal_lm(models["llama"]))
+    ac.freeze_lower(1)
+    torch.nn.init.normal_(ac.value_head.weight)
+    ref = copy.deepcopy(ac.lm)
+    with torch.no_grad():  # the policy's top block moves away from the reference's
+        for p in ac.lm.model.layers[-1].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pid = torch.tensor([[0, 11, 12, 13], [0, 0, 21, 22], [31, 32, 33, 34]])
+    pm = (pid != 0).long()
+    rid = torch.tensor([[41, 42, 2], [43, 2, 0], [44, 45, 46]])
+    rm = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    with torch.no_grad():
+        cache = ac.prefix(pid, pm, rid, rm)
+        full = ac(pid, pm, rid, rm)
+        top = ac.forward_top(cache)
+        idx = torch.tensor([2, 0])
+        part = ac.forward_top(cache, idx)
+        ac_ref = ActorCritic(ref)
+        ref_full = ac_ref(pid, pm, rid, rm, values=False)
+        ref_top = ac.forward_top(cache, lm=ref, values=False)
+    for a, b in zip(full, top):
+        assert torch.allclose(a * rm, b * rm, atol=1e-5)
+    for a, b in zip(full, part):
+        assert torch.allclose((a * rm)[idx], b * rm[idx], atol=1e-5)
+    assert torch.allclose(ref_full[0] * rm, ref_top[0] * rm, atol=1e-5)
+    assert not torch.allclose(ref_top[0] * rm, top[0] * rm, atol=1e-3)  # it is the reference, not the policy

@@ -282,7 +282,7 @@ def _check_args(args) -> None:
     for name in ("batch_size", "max_prompt_tokens", "max_target_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("warmup_steps", "max_pool", "threads"):
+    for name in ("warmup_steps", "max_pool", "threads", "train_top_layers"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
@@ -339,6 +339,12 @@ def run(args) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     encoder_decoder = bool(model.config.is_encoder_decoder)
+    from experiments.rft.policy import freeze_lower_blocks
+
+    try:
+        n_trainable = freeze_lower_blocks(model, args.train_top_layers)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     rows, cuts = encode_examples(tokenizer, examples, prompt_format=args.prompt_format,
                                  max_prompt_tokens=args.max_prompt_tokens, max_target_tokens=args.max_target_tokens,
                                  encoder_decoder=encoder_decoder)
@@ -384,7 +390,7 @@ def run(args) -> dict:
         "optimizer": "adamw_torch", "seed": args.seed, "max_pool": args.max_pool,
         "architecture": "encoder-decoder" if encoder_decoder else "decoder-only",
         "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], "train_seconds": round(train_s, 3),
-        "seconds_per_step": round(train_s / max(steps, 1), 4), "precision": precision,
+        "seconds_per_step": round(train_s / max(steps, 1), 4), "precision": precision, "train_top_layers": args.train_top_layers, "trainable_params": n_trainable,
     }
     summary["manifest"] = run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads,
                                        model=str(source), data=str(data))
@@ -417,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="input subsample and trainer (official: 7)")
     p.add_argument("--max-pool", type=int, default=0,
                    help="cap the labelled pool to its first N records in file order (0 = all)")
+    p.add_argument("--train-top-layers", type=int, default=0,
+                   help="decoder-only: train only the top N blocks (0 = all; the tiny scale's CPU budget)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                    help="bf16: the trainer's autocast (fp32 master weights), also on CPU")
     p.add_argument("--device", default="auto")

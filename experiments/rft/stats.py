@@ -97,10 +97,14 @@ def sample_batch(model, tokenizer, batch: dict, k: int, gen_kwargs: dict,
 
 def reward_table(model, tokenizer, records: list[dict], reward, *, samples: int, gen_kwargs: dict,
                  prompt_format: str, max_prompt_tokens: int, batch_inputs: int, seed: int, task: str = "",
-                 keep_samples: bool = False, progress: bool = True) -> dict:
+                 keep_samples: bool = False, progress: bool = True, precision: str = "fp32") -> dict:
     """Sample ``samples`` outputs for every record and score them: one row per input (``mean``, ``std``
     (ddof 0), ``std_ddof1``, ``min``, ``max``) plus, with ``keep_samples``, every text and reward.
-    Batch ``b`` is sampled with seed ``seed + b * batch_inputs`` (the same draws for the same model)."""
+    Batch ``b`` is sampled with seed ``seed + b * batch_inputs`` (the same draws for the same model);
+    ``precision`` "bf16" samples under bf16 autocast (fp32 weights and sampling softmax)."""
+    from experiments.common.torchutil import autocast
+
+    device = next(model.parameters()).device
     encoder_decoder = bool(model.config.is_encoder_decoder)
     rows, sample_rows, truncated, n_tokens = [], [], 0, 0
     t_gen = t_score = 0.0
@@ -112,7 +116,8 @@ def reward_table(model, tokenizer, records: list[dict], reward, *, samples: int,
                                   special_tokens=prompt_format == "plain")
         truncated += cut
         t0 = time.time()
-        outputs, generated = sample_batch(model, tokenizer, batch, samples, gen_kwargs, seed + start)
+        with autocast(precision, device):
+            outputs, generated = sample_batch(model, tokenizer, batch, samples, gen_kwargs, seed + start)
         t_gen += time.time() - t0
         n_tokens += generated
         t0 = time.time()
@@ -148,7 +153,7 @@ def _gen_kwargs(text: str) -> dict:
 
 @main_guard
 def main(argv=None):
-    from experiments.common.torchutil import resolve_device, set_seed, set_threads
+    from experiments.common.torchutil import resolve_device, resolve_precision, set_seed, set_threads
     from experiments.models.load import load_generator, load_tokenizer
     from experiments.rft.rewards import make_reward
 
@@ -166,6 +171,7 @@ def main(argv=None):
     p.add_argument("--prompt-format", default="plain", choices=("plain", "chat"))
     p.add_argument("--max-prompt-tokens", type=int, default=512)
     p.add_argument("--batch-inputs", type=int, default=8, help="prompts per generate call")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast while sampling) | auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", required=True, help="tidy CSV, one row per input")
@@ -192,6 +198,10 @@ def main(argv=None):
         raise UserError(f"{args.data}: no records in split {args.split!r}")
     chosen = select_inputs(records, args.n_inputs, args.seed)
     device = resolve_device(args.device)
+    try:
+        precision = resolve_precision(args.precision, device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     tokenizer = load_tokenizer(args.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -200,7 +210,8 @@ def main(argv=None):
 
     res = reward_table(model, tokenizer, chosen, reward, samples=args.samples, gen_kwargs=gen_kwargs,
                        prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
-                       batch_inputs=args.batch_inputs, seed=args.seed, task=task, keep_samples=bool(args.samples_out))
+                       batch_inputs=args.batch_inputs, seed=args.seed, task=task, keep_samples=bool(args.samples_out),
+                       precision=precision)
     rows, sample_rows, truncated, n_tokens = res["rows"], res["samples"], res["truncated"], res["tokens"]
     t_gen, t_score = res["generate_s"], res["score_s"]
     import pandas as pd
@@ -211,6 +222,7 @@ def main(argv=None):
     df = pd.DataFrame(rows)
     summary = {"task": task, "reward": args.reward, "n_inputs": len(rows), "samples": args.samples,
                "gen_kwargs": gen_kwargs, "prompt_format": args.prompt_format, "truncated_prompts": truncated,
+               "precision": precision,
                "mean_reward": float(df["mean"].mean()), "median_std": float(df["std"].median()),
                "std_p10": float(df["std"].quantile(0.1)), "generated_tokens": n_tokens,
                "generate_s": round(t_gen, 2), "score_s": round(t_score, 2),

@@ -81,15 +81,21 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
     scores = np.asarray(reward(flat_prompts, texts_out, flat_refs), dtype=np.float64)
     if not np.isfinite(scores).all():
         raise UserError("the reward is not finite for a sampled response")
+    cache = None
     with torch.no_grad(), autocast(precision, device):
-        old_logp, _, old_values = ac(pids, pm, resp, rmask)
-        ref_logp, _, _ = _ref_model_view(ac, ref_lm)(pids, pm, resp, rmask, values=False)
+        if ac.top_k and not ac.encoder_decoder:  # frozen lower blocks: run them once for the rollout
+            cache = ac.prefix(pids, pm, resp, rmask)
+            old_logp, _, old_values = ac.forward_top(cache)
+            ref_logp, _, _ = ac.forward_top(cache, lm=ref_lm, values=False)
+        else:
+            old_logp, _, old_values = ac(pids, pm, resp, rmask)
+            ref_logp, _, _ = _ref_model_view(ac, ref_lm)(pids, pm, resp, rmask, values=False)
     task_r = torch.tensor(scores, dtype=torch.float32, device=device)
     rewards, kl = shaped_rewards(task_r, old_logp, ref_logp, rmask, kl_coef)
     adv, ret = gae(rewards, old_values * rmask, rmask, cfg.gamma, cfg.gae_lambda)
     return {"prompt_ids": pids, "prompt_mask": pm, "response_ids": resp, "mask": rmask,
             "old_logp": old_logp, "old_values": old_values * rmask, "advantages": adv, "returns": ret,
-            "rewards": scores.reshape(len(records), samples), "kl": float(kl.sum(1).mean()),
+            "rewards": scores.reshape(len(records), samples), "kl": float(kl.sum(1).mean()), "cache": cache,
             "tokens": int(rmask.sum())}
 
 
@@ -147,6 +153,8 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
 
         def policy_fn(idx, ro=ro):
             with autocast(precision, device):
+                if ro["cache"] is not None:
+                    return ac.forward_top(ro["cache"], idx)
                 return ac(ro["prompt_ids"][idx], ro["prompt_mask"][idx], ro["response_ids"][idx], ro["mask"][idx])
 
         ac.train()
@@ -174,13 +182,14 @@ def _pool(records: list[dict], n: int, seed: int) -> list[dict]:
     return select_inputs(records, n, seed)
 
 
-def evaluate(model, tokenizer, records, reward, args, gen_kwargs, tag: str):
+def evaluate(model, tokenizer, records, reward, args, gen_kwargs, tag: str, precision: str = "fp32"):
     from experiments.rft.stats import reward_table
 
     model.eval()
     res = reward_table(model, tokenizer, records, reward, samples=args.eval_samples, gen_kwargs=gen_kwargs,
                        prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
-                       batch_inputs=args.eval_batch_inputs, seed=args.seed + 17, task=tag, progress=False)
+                       batch_inputs=args.eval_batch_inputs, seed=args.seed + 17, task=tag, progress=False,
+                       precision=precision)
     return {r["input_id"]: (float(r["mean"]), float(r["std"])) for r in res["rows"]}, res
 
 
@@ -234,7 +243,7 @@ def run(args) -> dict:
 
     before = None
     if not args.no_eval_before:
-        before, _ = evaluate(model, tokenizer, eval_records, reward, args, eval_kwargs, "before")
+        before, _ = evaluate(model, tokenizer, eval_records, reward, args, eval_kwargs, "before", precision)
         log.info("before: mean reward %.4f over %d inputs", np.mean([m for m, _ in before.values()]), len(before))
 
     def on_iter(row):
@@ -273,7 +282,7 @@ def run(args) -> dict:
             if isinstance(v, float) and not math.isfinite(v) and k != "kl":
                 raise UserError(f"iteration {r['iteration']}: {k} is {v}; lower --lr")
 
-    after, res_after = evaluate(model, tokenizer, eval_records, reward, args, eval_kwargs, "after")
+    after, res_after = evaluate(model, tokenizer, eval_records, reward, args, eval_kwargs, "after", precision)
     import pandas as pd
 
     write_csv(pd.DataFrame(rows, columns=DIAGNOSTICS), out / "diagnostics.csv")

@@ -66,8 +66,8 @@ rule ches_dpo:
         c=CHES,
         d=CHES["dpo"],
         seeds=" ".join(str(s) for s in CHES["seeds"]),
-        out_dir=lambda w: f"results/{w.scale}/ches/{w.model}/{w.dataset_pref}/{w.ches_loss}/{w.measure}/q~{w.quantile}"
-        + "/seed~{seed}",
+        out_dir=lambda w: f"results/{w.scale}/ches/{w.model}/{w.dataset_pref}/{w.ches_loss}/{w.measure}/q~{w.quantile}/"
+        + "seed~{seed}",
         device=config["device"],
     threads: 1
     resources:

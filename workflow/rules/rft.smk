@@ -37,6 +37,8 @@ rule train_sentiment_reward:
 
 
 rule reward_stats:
+    # the longest jobs of the branch: start them first so the short finetuning jobs fill the tail
+    priority: 10
     input:
         unpack(sentiment_reward_input),
         model="resources/models/{model}",
@@ -67,7 +69,8 @@ rule reward_stats:
         " --n-inputs {params.s[n_inputs]} --samples {params.s[samples]} --seed {params.s[seed]}"
         " --gen-kwargs {params.gen:q} --prompt-format {params.t[prompt_format]}"
         " --max-prompt-tokens {params.t[max_prompt_tokens]} --batch-inputs {params.s[batch_inputs]}"
-        " --device {params.device} --threads {threads} --out {output.csv} --samples-out {output.samples}"
+        " --precision {params.s[precision]} --device {params.device} --threads {threads}"
+        " --out {output.csv} --samples-out {output.samples}"
         " --summary {output.summary} > {log} 2>&1"
 
 
@@ -114,6 +117,7 @@ rule rft_sft:
         s=lambda w: rft_task(w)["sft"],
         out_dir=subpath(output.summary, parent=True),
         precision=FT["precision"],
+        top=FT["sft_train_top_layers"],
         device=config["device"],
     threads: 1
     resources:
@@ -127,7 +131,8 @@ rule rft_sft:
         " --max-target-tokens {params.s[max_target_tokens]} --data-frac {wildcards.dfrac} --steps-frac {wildcards.sfrac}"
         " --epochs {params.s[epochs]} --batch-size {params.s[batch_size]} --lr {params.s[lr]}"
         " --lr-scheduler {params.s[lr_scheduler]} --weight-decay {params.s[weight_decay]}"
-        " --max-pool {params.s[max_pool]} --precision {params.precision} --device {params.device}"
+        " --max-pool {params.s[max_pool]} --train-top-layers {params.top} --precision {params.precision}"
+        " --device {params.device}"
         " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
 
 
