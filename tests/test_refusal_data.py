@@ -22,7 +22,8 @@ FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 
 def test_advbench_from_mirror(mirror):
     recs = prompts.load_advbench(str(mirror))
-    rows = list(csv.DictReader(open(mirror / "harmful/harmful_behaviors.csv", encoding="utf-8")))
+    with open(mirror / "harmful/harmful_behaviors.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(recs) == len(rows) == 520
     assert [r["id"] for r in recs] == [f"advbench_{i}" for i in range(520)]
     assert [r["prompt"] for r in recs] == [row["goal"].strip() for row in rows]

@@ -147,7 +147,8 @@ def parse_advbench(data: bytes, where: str = "harmful_behaviors.csv") -> list[di
 
 
 def load_advbench(mirror: str | None = None) -> list[dict]:
-    from experiments.rft.tasks import fetch_url  # mirror first, then a cached URL download
+    # mirror first, then a cached URL download (refused offline)
+    from experiments.rft.tasks import fetch_url
 
     path = fetch_url(mirror_file=ADVBENCH_MIRROR_FILE, url=ADVBENCH_URL, mirror=mirror)
     digest = sha256_file(path)
@@ -246,7 +247,7 @@ def redact(text: str, tokens: Sequence[str | None] = ()) -> str:
 
 
 def hub_error(exc: BaseException, repo: str) -> UserError:
-    """One redacted, user-facing error for a failed Hub dataset load."""
+    """One redacted, user-facing error for a failed Hub load (dataset or model ``repo``)."""
     chain: list[BaseException] = []
     e: BaseException | None = exc
     while e is not None and e not in chain:
@@ -255,15 +256,15 @@ def hub_error(exc: BaseException, repo: str) -> UserError:
     names = {type(c).__name__ for c in chain}
     text = " ".join(str(c) for c in chain).lower()
     if "GatedRepoError" in names or "gated" in text:
-        msg = (f"{repo} is a gated dataset: accept its terms on the Hugging Face Hub and "
+        msg = (f"{repo} is gated on the Hugging Face Hub: accept its terms there and "
                + ("check that HF_TOKEN belongs to an account with access" if hf_token()
                   else "set HF_TOKEN to a token of an account with access"))
     elif names & {"RepositoryNotFoundError", "DatasetNotFoundError"}:
         msg = f"{repo} was not found on the Hugging Face Hub (or HF_TOKEN has no access to it)"
     elif (names & {"ConnectionError", "Timeout", "TimeoutError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"}
           or "connect" in text):
-        msg = (f"{repo}: the Hugging Face Hub is unreachable ({type(exc).__name__}); the dataset is not in "
-               f"the mirror, so run this step on a machine with Hub access")
+        msg = (f"{repo}: the Hugging Face Hub is unreachable ({type(exc).__name__}) and it is not in the "
+               f"data mirror or the local Hugging Face cache; run this step on a machine with Hub access")
     else:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         msg = f"{repo}: loading from the Hugging Face Hub failed ({type(exc).__name__}: {first})"
@@ -393,7 +394,7 @@ def split_train_test(records: Sequence, test_ratio: float = PAPER_TEST_RATIO, *,
     if not 0.0 < test_ratio < 1.0:
         raise ValueError(f"test_ratio must be in (0, 1), got {test_ratio}")
     n = len(records)
-    n_train = int(round(n * (1.0 - test_ratio)))
+    n_train = round(n * (1.0 - test_ratio))
     perm = np.random.default_rng(seed).permutation(n)
     train_ix, test_ix = np.sort(perm[:n_train]), np.sort(perm[n_train:])
     return [records[i] for i in train_ix], [records[i] for i in test_ix]
@@ -416,7 +417,7 @@ def load_prompts(source: str, mirror: str | None = None, n: int = 0, seed: int =
         raise UserError(f"unknown source {source!r}; choose one of {', '.join(LOADERS)}")
     records = LOADERS[source](mirror)
     if source != "sorry_bench_human":
-        pass
+        records = dedupe(records, source)
     records = subsample(records, n, seed)
     if not records:
         raise UserError(f"source {source!r} produced no records")
