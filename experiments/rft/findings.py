@@ -196,7 +196,7 @@ def finding2_figure(runs, per, threshold, prefix, bins: int = 4):
         ax.axhline(0, color="black", lw=0.6)
         ax.set(title=task, xlabel="initial reward std (pretrained model)", ylabel="reward gain on the input")
         ax.legend(fontsize=7)
-    fig.suptitle("P1 Finding II: RFT gains little where the initial reward std is small; SFT does not need it",
+    fig.suptitle("P1 Finding II (the paper: RFT gains little where the initial reward std is small, SFT does not depend on it)",
                  fontsize=9)
     save_figure(fig, prefix)
 
@@ -211,7 +211,7 @@ def heuristics_figure(table: pd.DataFrame, threshold: float, prefix):
         ax.bar(t.arm, t[col], yerr=t["±95% CI (small)"], color=colours, capsize=3)
         ax.set(title=f"{task}: inputs with initial std < {threshold:g}", ylabel="final reward")
         ax.tick_params(axis="x", rotation=35, labelsize=7)
-    fig.suptitle("P1 §5.1: larger lr, temperature or entropy bonus vs SFT→RFT on small-std inputs", fontsize=9)
+    fig.suptitle("P1 §5.1: default RFT, larger lr, higher temperature or entropy bonus, and SFT→RFT, on small-std inputs", fontsize=9)
     save_figure(fig, prefix)
 
 

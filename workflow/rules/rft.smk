@@ -103,6 +103,8 @@ rule rft_stats_figures:
 
 
 rule rft_sft:
+    # before the RFT runs that do not need a checkpoint, so that the SFT->RFT runs do not form the tail
+    priority: 5
     input:
         model=lambda w: f"resources/models/{RFT['tasks'][w.task]['model']}",
         data=lambda w: f"resources/data/grue/{rft_task(w)['loader']}.jsonl",
