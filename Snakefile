@@ -33,6 +33,14 @@
 #   results/<scale>/ches/<model>/<dataset>/<loss>/<measure>/q~<quantile>/seed~<n>/{summary.json,per_example.csv}
 #                                                          DPO on the subset centred at that quantile of the measure
 #   results/<scale>/ches/runs.csv; figures/<scale>/table_ches.{csv,md}, figures/<scale>/ches_quantiles.{png,pdf}
+#   results/<scale>/rft/sft/<task>/sft_d<data frac>_s<steps frac>/{model/,summary.json,train_log.csv}
+#   results/<scale>/rft/runs/<task>/<pretrained|sft_d…_s…>/<default|lr_x…|temp_…|ent_…>/seed~<n>/
+#       {summary.json,diagnostics.csv,per_input.csv}; results/<scale>/rft/finetune_runs.csv;
+#       figures/<scale>/table_rft_{findings,heuristics,cheap_sft}.{csv,md}, rft_{finding2,heuristics,cheap_sft,diagnostics}.*
+#   results/<scale>/refusal/{dpo_prompts.jsonl,sft_data.jsonl}; results/<scale>/refusal/<model>/{sft/,pairs.jsonl,
+#       samples.jsonl,gold.jsonl,ches_scores.csv,initial/summary.json}, …/<model>/<arm>/seed~<n>/{summary.json,responses.jsonl}
+#       (arm: dpo | dpo_sft_c<λ> | gold | ches_filtered); results/<scale>/refusal/runs.csv;
+#       figures/<scale>/table_refusal.{csv,md}, table_refusal_top_ches.{csv,md}, refusal_rates.{png,pdf}
 #   logs/<scale>/<rule>/...log                             one log per job
 
 
@@ -48,6 +56,7 @@ include: "workflow/rules/persona.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/rft.smk"
 include: "workflow/rules/ches.smk"
+include: "workflow/rules/refusal.smk"
 
 
 rule all:

@@ -100,8 +100,16 @@ def test_paper_scale_plans_every_persona_run():
     assert r.returncode == 0, r.stderr
     counts = job_counts(r.stdout)
     assert counts["persona_dpo"] == 3 * 2 * 3 * 10  # models x pairs x settings x seeds
-    # OLMo-1B, Gemma-2B, Llama-3-8B; bert-mini (STS-B); t5-base, gpt2, gpt2-imdb, distilbert-imdb (GRUE)
-    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 8
+    # OLMo-1B, Gemma-2B, Llama-3-8B; bert-mini (STS-B); t5-base, gpt2, gpt2-imdb, distilbert-imdb (GRUE);
+    # Gemma-2B-IT, Llama-3-8B-Instruct and the SORRY-Bench judge (refusal)
+    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 11
+    # P2 §6: both chat models x (DPO, DPO+SFT per λ of the grid, gold, CHES-filtered), 3 seeds per job
+    ref = load_scale("paper")["refusal"]
+    assert set(ref["models"]) == {"gemma-2b-it", "llama-3-8b-instruct"} and len(ref["seeds"]) == 3
+    n_arms = sum(3 + len(m["sft_coef"]) for m in ref["models"].values())
+    assert counts["refusal_arm"] == n_arms and counts["refusal_pairs"] == counts["refusal_initial"] == 2
+    assert "refusal_sft" not in counts  # the paper's models are aligned already
+    assert ref["dpo"]["lr"] == 5e-6 and ref["dpo"]["gold_lr"] == 1e-6 and ref["eval"]["temperature"] == 0.7
     rft = load_scale("paper")["rft"]
     assert set(rft["tasks"]) == {"imdb", "common_gen", "totto", "iwslt2017", "cnn_dailymail", "narrative_qa",
                                  "daily_dialog"}
@@ -153,7 +161,7 @@ def test_slurm_profile_plans_paper_scale():
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/profile.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
     for rule in ("persona_sft", "persona_dpo", "theorem1_single_token", "controlled_pretrain", "controlled_finetune",
-                 "reward_stats", "ches_score", "ches_dpo", "rft_sft", "rft_train"):
+                 "reward_stats", "ches_score", "ches_dpo", "rft_sft", "rft_train", "refusal_pairs", "refusal_arm"):
         assert profile["set-resources"][rule]["gpu"] == 1
         assert {"mem_mb", "runtime"} <= set(profile["set-resources"][rule])
 

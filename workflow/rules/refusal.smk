@@ -1,0 +1,247 @@
+# P2 §6: unintentional unalignment. A (moderately) aligned model samples two responses per harmful
+# prompt; the judge's less harmful one is "chosen"; DPO on these pairs lowers refusals. Arms: DPO,
+# DPO+SFT (λ by the paper's rule), gold refusal-vs-compliance pairs, and the 5 % lowest-CHES pairs.
+
+
+rule refusal_prompts:
+    output:
+        "resources/data/refusal/{refusal_source}.jsonl",
+    log:
+        "logs/refusal_prompts/{refusal_source}.log",
+    params:
+        mirror=config["data_mirror"] or "",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.prompts --source {wildcards.refusal_source} --mirror={params.mirror:q}"
+        " --out {output} > {log} 2>&1"
+
+
+rule refusal_dpo_prompts:
+    # the DPO/evaluation prompts are chosen first; the refusal SFT never sees them
+    output:
+        "results/{scale}/refusal/dpo_prompts.jsonl",
+    log:
+        "logs/{scale}/refusal_dpo_prompts.log",
+    params:
+        p=REFUSAL["prompts"],
+        mirror=config["data_mirror"] or "",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.prompts --source {params.p[source]} --n {params.p[n]} --seed {params.p[seed]}"
+        " --mirror={params.mirror:q} --out {output} > {log} 2>&1"
+
+
+rule refusal_sft_data:
+    input:
+        harmful=f"resources/data/refusal/{REFUSAL['sft']['harmful_source']}.jsonl",
+        benign="resources/data/preferences/ultrafeedback.jsonl",
+        exclude="results/{scale}/refusal/dpo_prompts.jsonl",
+    output:
+        data="results/{scale}/refusal/sft_data.jsonl",
+        summary="results/{scale}/refusal/sft_data_summary.json",
+    log:
+        "logs/{scale}/refusal_sft_data.log",
+    params:
+        s=REFUSAL["sft"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.build sft-data --harmful {input.harmful} --benign {input.benign}"
+        " --exclude {input.exclude} --n-harmful {params.s[n_harmful]} --refusal-frac {params.s[refusal_frac]}"
+        " --n-benign {params.s[n_benign]} --max-answer-words {params.s[max_answer_words]} --seed {params.s[seed]}"
+        " --out {output.data} --out-summary {output.summary} > {log} 2>&1"
+
+
+rule refusal_sft:
+    input:
+        model="resources/models/{model}",
+        data="results/{scale}/refusal/sft_data.jsonl",
+    output:
+        model=directory("results/{scale}/refusal/{model}/sft/model"),
+        summary="results/{scale}/refusal/{model}/sft/summary.json",
+    log:
+        "logs/{scale}/refusal_sft/{model}.log",
+    params:
+        s=REFUSAL["sft"],
+        out_dir=subpath(output.summary, parent=True),
+        precision=REFUSAL["precision"],
+        device=config["device"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.rft.sft --model {input.model} --data {input.data} --prompt-format chat"
+        " --max-prompt-tokens 128 --max-target-tokens {params.s[max_target_tokens]} --epochs {params.s[epochs]}"
+        " --batch-size {params.s[batch_size]} --lr {params.s[lr]} --lr-scheduler cosine --seed {params.s[seed]}"
+        " --precision {params.precision} --device {params.device} --threads {threads}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule refusal_pairs:
+    input:
+        unpack(refusal_judge_inputs),
+        model=refusal_aligned_model,
+        prompts="results/{scale}/refusal/dpo_prompts.jsonl",
+    output:
+        pairs="results/{scale}/refusal/{model}/pairs.jsonl",
+        samples="results/{scale}/refusal/{model}/samples.jsonl",
+        summary="results/{scale}/refusal/{model}/pairs_summary.json",
+    log:
+        "logs/{scale}/refusal_pairs/{model}.log",
+    params:
+        r=REFUSAL,
+        judge=refusal_judge_args,
+        device=config["device"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.build sample-pairs --model {input.model} --prompts {input.prompts}"
+        " --n-prompts 0 --test-ratio {params.r[test_ratio]} --seed {params.r[sampling][seed]}"
+        " --max-new-tokens {params.r[sampling][max_new_tokens]} --batch-inputs {params.r[sampling][batch_inputs]}"
+        " --precision {params.r[precision]} --device {params.device} --threads {threads} {params.judge}"
+        " --out-pairs {output.pairs} --out-samples {output.samples} --out-summary {output.summary} > {log} 2>&1"
+
+
+rule refusal_gold:
+    input:
+        unpack(refusal_gold_inputs),
+        samples="results/{scale}/refusal/{model}/samples.jsonl",
+    output:
+        pairs="results/{scale}/refusal/{model}/gold.jsonl",
+        summary="results/{scale}/refusal/{model}/gold_summary.json",
+    log:
+        "logs/{scale}/refusal_gold/{model}.log",
+    params:
+        cmd=refusal_gold_command,
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.build {params.cmd} --out-pairs {output.pairs} --out-summary {output.summary}"
+        " > {log} 2>&1"
+
+
+rule refusal_ches:
+    input:
+        model=refusal_aligned_model,
+        pairs="results/{scale}/refusal/{model}/pairs.jsonl",
+    output:
+        "results/{scale}/refusal/{model}/ches_scores.csv",
+    log:
+        "logs/{scale}/refusal_ches/{model}.log",
+    params:
+        d=REFUSAL["dpo"],
+        device=config["device"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.ches score --model {input.model} --data {input.pairs} --out {output}"
+        " --prompt-format chat --max-prompt-tokens {params.d[max_prompt_tokens]}"
+        " --max-response-tokens {params.d[max_response_tokens]} --precision fp32 --device {params.device}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule refusal_arm:
+    input:
+        unpack(refusal_arm_inputs),
+        model=refusal_aligned_model,
+        pairs="results/{scale}/refusal/{model}/pairs.jsonl",
+    output:
+        expand("results/{{scale}}/refusal/{{model}}/{{refusal_arm}}/seed~{seed}/summary.json", seed=REFUSAL["seeds"]),
+    log:
+        "logs/{scale}/refusal_arm/{model}/{refusal_arm}.log",
+    params:
+        args=refusal_arm_args,
+        out_dir=lambda w: f"results/{w.scale}/refusal/{w.model}/{w.refusal_arm}/" + "seed~{seed}",
+        seeds=" ".join(str(s) for s in REFUSAL["seeds"]),
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.arms --model {input.model} --pairs {input.pairs} {params.args}"
+        " --seed {params.seeds} --device {params.device} --threads {threads} --out-dir {params.out_dir:q} > {log} 2>&1"
+
+
+rule refusal_initial:
+    input:
+        unpack(refusal_judge_inputs),
+        model=refusal_aligned_model,
+        pairs="results/{scale}/refusal/{model}/pairs.jsonl",
+    output:
+        "results/{scale}/refusal/{model}/initial/summary.json",
+    log:
+        "logs/{scale}/refusal_initial/{model}.log",
+    params:
+        args=lambda w: refusal_eval_args(),
+        out_dir=subpath(output[0], parent=True),
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.arms --eval-only --model {input.model} --pairs {input.pairs} {params.args}"
+        " --seed 0 --device {params.device} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule refusal_figures:
+    input:
+        runs=[f"{run}/summary.json" for run in refusal_runs()],
+        initial=[f"results/{SCALE}/refusal/{m}/initial/summary.json" for m in REFUSAL["models"]],
+        pairs=[f"results/{SCALE}/refusal/{m}/pairs.jsonl" for m in REFUSAL["models"]],
+        scores=[f"results/{SCALE}/refusal/{m}/ches_scores.csv" for m in REFUSAL["models"]],
+    output:
+        runs="results/{scale}/refusal/runs.csv",
+        table=multiext("figures/{scale}/table_refusal", ".csv", ".md"),
+        pairs=multiext("figures/{scale}/table_refusal_top_ches", ".csv", ".md"),
+        figure=multiext("figures/{scale}/refusal_rates", ".png", ".pdf"),
+    log:
+        "logs/{scale}/refusal_figures.log",
+    params:
+        runs=refusal_runs(),
+        models=list(REFUSAL["models"]),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.report --runs {params.runs} --models {params.models} --scale {wildcards.scale}"
+        " --results results/{wildcards.scale}/refusal --out-csv {output.runs} --out-dir figures/{wildcards.scale}"
+        " > {log} 2>&1"
