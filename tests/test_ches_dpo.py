@@ -141,7 +141,7 @@ def test_ipo_runs(micro, files, tmp_path):
     ({"quantile": 1.5}, "quantile"),
     ({"subset_size": 11}, "larger than"),
     ({"loss": "kto"}, "--loss"),
-    ({"lr": 1e30, "batch_size": 2}, "finite"),
+    ({"lr": 1e30, "batch_size": 2}, "lower --lr"),  # the NaN guard (step) or the post-training check
 ])
 def test_errors_exit_2(micro, files, tmp_path, capsys, kw, needle):
     data, scores = files

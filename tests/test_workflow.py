@@ -1,6 +1,7 @@
 """The Snakemake workflow: config validation, lint, the paper-scale plan, and the smoke DAG end to end."""
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -272,6 +273,22 @@ def test_smoke_ches_branch_end_to_end(smoke_run):
     table = pd.read_csv(smoke_run / "figures/smoke/table_ches.csv")
     assert len(table) == len(cfg["measures"]) and table["source"].str.startswith("ours, smoke scale").all()
     assert (smoke_run / "figures/smoke/ches_quantiles.png").stat().st_size > 5000
+
+
+def test_smoke_refusal_branch_end_to_end(smoke_run):
+    """Refusal SFT, on-policy pairs, gold pairs, CHES scores, every arm x seed, the report."""
+    cfg = load_scale("smoke")["refusal"]
+    base = smoke_run / "results/smoke/refusal/micro-llama"
+    pairs = [json.loads(line) for line in (base / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == cfg["prompts"]["n"] and {p["split"] for p in pairs} == {"train", "test"}
+    assert all(p["chosen_score"] <= p["rejected_score"] for p in pairs)
+    runs = pd.read_csv(smoke_run / "results/smoke/refusal/runs.csv")
+    n_arms = 3 + len(cfg["models"]["micro-llama"]["sft_coef"])
+    assert len(runs) == n_arms * len(cfg["seeds"])
+    assert runs["refusal_rate_train"].between(0, 1).all()
+    table = pd.read_csv(smoke_run / "figures/smoke/table_refusal.csv")
+    assert table["arm"].iloc[0] == "initial model" and len(table) == 1 + 4
+    assert (smoke_run / "figures/smoke/refusal_rates.png").stat().st_size > 5000
 
 
 def test_smoke_rerun_has_nothing_to_do(smoke_run):

@@ -287,7 +287,7 @@ def refusal_gold_command(wildcards, input):
         return (f"gold-pairs --aligned-samples {input.samples} --base-model {input.base} --k {r['gold']['k']}"
                 f" --seed {seed} --max-new-tokens {r['sampling']['max_new_tokens']}"
                 f" --batch-inputs {r['sampling']['batch_inputs']} --precision {r['precision']}"
-                f" --device {config['device']} --threads 1 " + refusal_judge_args())
+                f" --device {config['device']} --threads 1 {refusal_judge_args()}")
     return f"gold-human --aligned-samples {input.samples} --human {input.human} --seed {seed}"
 
 
@@ -310,7 +310,7 @@ def refusal_eval_args():
     d, e = REFUSAL["dpo"], REFUSAL["eval"]
     return (f"--max-prompt-tokens {d['max_prompt_tokens']} --max-response-tokens {d['max_response_tokens']}"
             f" --eval-max-new-tokens {e['max_new_tokens']} --eval-temperature {e['temperature']:g}"
-            f" --eval-batch-inputs {e['batch_inputs']} --precision {REFUSAL['precision']} " + refusal_judge_args())
+            f" --eval-batch-inputs {e['batch_inputs']} --precision {REFUSAL['precision']} {refusal_judge_args()}")
 
 
 def refusal_arm_inputs(wildcards):
@@ -326,15 +326,15 @@ def refusal_arm_inputs(wildcards):
 
 def refusal_arm_args(wildcards, input):
     arm, d = wildcards.refusal_arm, REFUSAL["dpo"]
-    args = (f"--beta {d['beta']:g} --batch-size {d['batch_size']} --epochs {d['epochs']} " + refusal_eval_args())
+    args = f"--beta {d['beta']:g} --batch-size {d['batch_size']} --epochs {d['epochs']} {refusal_eval_args()}"
     if arm == "gold":
-        return f"--arm gold --gold-pairs {input.gold} --lr {d['gold_lr']:g} " + args
+        return f"--arm gold --gold-pairs {input.gold} --lr {d['gold_lr']:g} {args}"
     if arm == "ches_filtered":
         return (f"--arm ches_filtered --ches-scores {input.scores} --keep-fraction {d['keep_fraction']:g}"
-                f" --lr {d['lr']:g} " + args)
+                f" --lr {d['lr']:g} {args}")
     if arm.startswith("dpo_sft_c"):
-        return f"--arm dpo_sft --sft-coef {arm[len('dpo_sft_c'):]} --lr {d['lr']:g} " + args
-    return f"--arm dpo --lr {d['lr']:g} " + args
+        return f"--arm dpo_sft --sft-coef {arm[len('dpo_sft_c'):]} --lr {d['lr']:g} {args}"
+    return f"--arm dpo --lr {d['lr']:g} {args}"
 
 
 def refusal_figures():
