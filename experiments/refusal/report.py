@@ -153,7 +153,7 @@ def refusal_figure(runs: pd.DataFrame, initial: dict[str, dict], prefix):
         ax.set_xticks(x, [arm_label(a) for a in arms], rotation=25, ha="right", fontsize=7)
         ax.set(ylim=(0, 1.05), ylabel="refusal rate", title=f"{model} (dashed: before DPO)")
         ax.legend(fontsize=7)
-    fig.suptitle("P2 Fig. 3: DPO on on-policy pairs lowers refusals; remedies", fontsize=9)
+    fig.suptitle("P2 Fig. 3 (the paper: DPO on on-policy pairs lowers refusals; the remedies keep them)", fontsize=9)
     save_figure(fig, prefix)
 
 
