@@ -198,14 +198,18 @@ def _callbacks():
     return [NanGuard()]
 
 
-def train(model, tokenizer, rows: list[dict], *, loss: str, beta: float, lr: float, batch_size: int,
-          epochs: int, seed: int, precision: str, device: torch.device, work_dir: Path) -> dict:
-    """Run TRL's DPOTrainer over ``rows`` (with ``ref_*_logps``); returns the trainer's log history."""
+def train(model, tokenizer, rows: list[dict], *, loss: str = "dpo", beta: float, lr: float, batch_size: int,
+          epochs: int, seed: int, precision: str, device: torch.device, work_dir: Path,
+          loss_type: list[str] | None = None, loss_weights: list[float] | None = None, trainer_cls=None) -> dict:
+    """Run TRL's DPOTrainer over ``rows`` (with ``ref_*_logps``); returns the trainer's log history.
+    ``loss_type``/``loss_weights`` override ``loss`` (e.g. ``["sigmoid", "sft"]``, ``[1, λ]``);
+    ``trainer_cls`` replaces the pre-tokenised trainer (a subclass of it)."""
     from datasets import Dataset
     from trl import DPOConfig
 
     cfg = DPOConfig(
-        output_dir=str(work_dir), loss_type=[LOSSES[loss]], beta=beta, learning_rate=lr, optim="rmsprop",
+        output_dir=str(work_dir), loss_type=list(loss_type) if loss_type else [LOSSES[loss]],
+        loss_weights=loss_weights, beta=beta, learning_rate=lr, optim="rmsprop",
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
         num_train_epochs=epochs, per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
         seed=seed, data_seed=seed, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
@@ -216,8 +220,8 @@ def train(model, tokenizer, rows: list[dict], *, loss: str, beta: float, lr: flo
     )
     ds = Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids",
                                                 "ref_chosen_logps", "ref_rejected_logps")} for r in rows])
-    trainer = _trainer_class()(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
-                               callbacks=_callbacks())
+    trainer = (trainer_cls or _trainer_class())(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
+                                                callbacks=_callbacks())
     trainer.train()
     return {"log_history": list(trainer.state.log_history), "steps": int(trainer.state.global_step),
             "trainer": trainer}

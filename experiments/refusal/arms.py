@@ -61,7 +61,6 @@ import numpy as np
 import torch
 
 from experiments.ches.dpo import (
-    _callbacks,
     _out_dirs,
     _trainer_class,
     encode_subset,
@@ -204,27 +203,13 @@ def arm_trainer_class(sft_norm: str = "sequence"):
 def train(model, tokenizer, rows: list[dict], *, loss_type: list[str], loss_weights: list[float] | None,
           sft_norm: str, beta: float, lr: float, batch_size: int, epochs: int, seed: int, precision: str,
           device: torch.device, work_dir: Path) -> dict:
-    """TRL's DPOTrainer over ``rows`` (with ``ref_*_logps``), configured as
-    :func:`experiments.ches.dpo.train` except for ``loss_type``/``loss_weights``."""
-    from datasets import Dataset
-    from trl import DPOConfig
+    """TRL's DPOTrainer over ``rows`` (with ``ref_*_logps``): :func:`experiments.ches.dpo.train` with this
+    arm's ``loss_type``/``loss_weights`` and the SFT-term normalisation of ``sft_norm``."""
+    from experiments.ches.dpo import train as dpo_train
 
-    cfg = DPOConfig(
-        output_dir=str(work_dir), loss_type=list(loss_type), loss_weights=loss_weights, beta=beta,
-        learning_rate=lr, optim="rmsprop", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=0.0, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=1, seed=seed, data_seed=seed, report_to=[], save_strategy="no",
-        logging_steps=1, disable_tqdm=True, bf16=precision == "bf16", fp16=False, use_cpu=device.type == "cpu",
-        max_length=None, precompute_ref_log_probs=True, activation_checkpointing=False,
-        dataloader_num_workers=0, logging_nan_inf_filter=False, remove_unused_columns=True,
-    )
-    ds = Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids",
-                                                "ref_chosen_logps", "ref_rejected_logps")} for r in rows])
-    trainer = arm_trainer_class(sft_norm)(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
-                                          callbacks=_callbacks())
-    trainer.train()
-    return {"log_history": list(trainer.state.log_history), "steps": int(trainer.state.global_step),
-            "trainer": trainer}
+    return dpo_train(model, tokenizer, rows, beta=beta, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed,
+                     precision=precision, device=device, work_dir=work_dir, loss_type=loss_type,
+                     loss_weights=loss_weights, trainer_cls=arm_trainer_class(sft_norm))
 
 
 # ------------------------------------------------------------------------------------ evaluation
