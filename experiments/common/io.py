@@ -136,6 +136,31 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+
+def read_records(path: str | os.PathLike, what: str, keys: Iterable[str], *, allow_empty: bool = False,
+                 hint: str = "") -> list[dict]:
+    """A JSONL file of records that each have ``keys`` and a unique ``id``; every problem (missing
+    file, bad JSON, a missing key, repeated ids, no records unless ``allow_empty``) is a ``UserError``
+    naming the file."""
+    from experiments.common.cli import UserError
+
+    path, keys = Path(path), list(keys)
+    if not path.is_file():
+        raise UserError(f"{what} file {path} does not exist")
+    try:
+        rows = read_jsonl(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not rows and not allow_empty:
+        raise UserError(f"{what} file {path} has no records")
+    for k, r in enumerate(rows, 1):
+        if not isinstance(r, dict) or any(key not in r for key in keys):
+            raise UserError(f"{path}: record {k} needs the keys {keys}{hint}")
+    ids = [str(r["id"]) for r in rows]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path}: record ids are not unique")
+    return rows
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

@@ -67,7 +67,12 @@ from experiments.ches.dpo import (
     sequence_logps,
 )
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import read_jsonl, run_manifest, write_json, write_jsonl
+from experiments.common.io import (
+    read_records,
+    run_manifest,
+    write_json,
+    write_jsonl,
+)
 from experiments.common.torchutil import (
     autocast,
     resolve_device,
@@ -91,27 +96,11 @@ SUMMARY_KEYS = ("arm", "seed", "n_pairs", "lr", "beta", "sft_coef", "delta_logp_
 # ------------------------------------------------------------------------------------------ data
 def read_pairs(path: str | Path, what: str = "--pairs", allow_empty: bool = False) -> list[dict]:
     """Preference pairs ``{"id", "prompt", "chosen", "rejected", "split", ...}`` of a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file {path} does not exist")
-    try:
-        rows = read_jsonl(path)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if not rows and not allow_empty:
-        raise UserError(f"{what} file {path} has no records")
+    rows = read_records(path, what, PAIR_KEYS, allow_empty=allow_empty)
     for k, r in enumerate(rows, 1):
-        if not isinstance(r, dict):
-            raise UserError(f"{path}: record {k} is not a JSON object")
-        missing = [key for key in PAIR_KEYS if key not in r]
-        if missing:
-            raise UserError(f"{path}: record {k} lacks {', '.join(missing)}")
         bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(r[key], str)]
         if bad:
             raise UserError(f"{path}: record {k}: {', '.join(bad)} must be string(s)")
-    ids = [str(r["id"]) for r in rows]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{path}: pair ids are not unique")
     return rows
 
 

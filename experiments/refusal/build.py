@@ -77,7 +77,13 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import read_jsonl, run_manifest, write_json, write_jsonl
+from experiments.common.io import (
+    read_jsonl,
+    read_records,
+    run_manifest,
+    write_json,
+    write_jsonl,
+)
 from experiments.refusal import judge as judge_mod
 from experiments.refusal import pairs as pairs_mod
 from experiments.refusal.prompts import PAPER_TEST_RATIO, split_train_test, subsample
@@ -190,25 +196,6 @@ def sft_records(harmful: Sequence[dict], benign: Sequence[dict], *, refusal_frac
 
 # --------------------------------------------------------------------------------------------------
 # Input files
-
-def _read_records(path: str | Path, what: str, keys: Sequence[str], hint: str = "") -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file {path} does not exist")
-    try:
-        rows = read_jsonl(path)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or any(k not in r for k in keys):
-            raise UserError(f"{path}: record {i} needs the keys {list(keys)}{hint}")
-    ids = [str(r["id"]) for r in rows]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{path}: repeated record ids")
-    if not rows:
-        raise UserError(f"{path}: no {what} records")
-    return rows
-
 
 def read_exclude(path: str | Path) -> list[str]:
     """Prompt ids to exclude: a JSON list of ids, a JSON object with an ``ids`` list, or a JSONL of
@@ -418,8 +405,8 @@ def build_gold_pairs(prompts: Sequence[dict], pools: Sequence[Sequence[tuple[str
 # Subcommands
 
 def cmd_sft_data(args) -> dict:
-    harmful = _read_records(args.harmful, "harmful prompt", ("id", "prompt"))
-    benign = _read_records(args.benign, "preference", ("id", "prompt", "chosen"),
+    harmful = read_records(args.harmful, "harmful prompt", ("id", "prompt"))
+    benign = read_records(args.benign, "preference", ("id", "prompt", "chosen"),
                            hint=" (normalised pairs: run python -m experiments.data.preferences first)")
     exclude = read_exclude(args.exclude) if args.exclude else []
     try:
@@ -466,7 +453,7 @@ def cmd_sample_pairs(args) -> dict:
         raise UserError(f"--n-prompts must be >= 0, got {args.n_prompts}")
     if not 0.0 < args.test_ratio < 1.0:
         raise UserError(f"--test-ratio must be in (0, 1), got {args.test_ratio}")
-    prompts = _read_records(args.prompts, "prompt", ("id", "prompt"))
+    prompts = read_records(args.prompts, "prompt", ("id", "prompt"))
     selected = subsample(prompts, args.n_prompts, args.seed)
     train, test = split_train_test(selected, args.test_ratio, seed=args.seed)
     split_of = {str(r["id"]): "train" for r in train} | {str(r["id"]): "test" for r in test}
@@ -513,7 +500,7 @@ def cmd_sample_pairs(args) -> dict:
 
 
 def _read_samples(path: str) -> list[dict]:
-    rows = _read_records(path, "aligned samples", ("id", "prompt", "split", "responses", "scores"))
+    rows = read_records(path, "aligned samples", ("id", "prompt", "split", "responses", "scores"))
     for r in rows:
         if len(r["responses"]) != len(r["scores"]) or not r["responses"]:
             raise UserError(f"{path}: sample {r['id']!r} needs as many scores as responses (and at least one)")
@@ -579,7 +566,7 @@ def cmd_gold_human(args) -> dict:
     from experiments.refusal.pairs import gold_pair, human_refusals_compliances
 
     aligned = [r for r in _read_samples(args.aligned_samples) if r["split"] == "train"]
-    human = {str(r["id"]): r for r in _read_records(args.human, "human judgments", ("id", "judgments"))}
+    human = {str(r["id"]): r for r in read_records(args.human, "human judgments", ("id", "judgments"))}
     rows, dropped = [], []
     for r in aligned:
         rec = human.get(str(r["id"]))

@@ -29,7 +29,13 @@ import pandas as pd
 from scipy import stats as sps
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import read_json, read_jsonl, save_figure, write_csv, write_table
+from experiments.common.io import (
+    read_json,
+    read_jsonl,
+    save_figure,
+    write_csv,
+    write_table,
+)
 
 RUN_RE = re.compile(r"refusal/(?P<model>[^/]+)/(?P<arm>[^/]+)/seed~(?P<seed>\d+)/?$")
 ARM_LABEL = {"dpo": "DPO", "gold": "DPO, gold pairs", "ches_filtered": "DPO, lowest-CHES pairs"}
