@@ -165,6 +165,18 @@ def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]]
     return out
 
 
+def pair_logps(model, rows: list[dict], *, batch_size: int, precision: str, pad_id: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` of the chosen and of the rejected completion of every encoded pair
+    (``prompt_ids``, ``chosen_ids``, ``rejected_ids``)."""
+    prompts = [r["prompt_ids"] for r in rows]
+    chosen = sequence_logps(model, prompts, [r["chosen_ids"] for r in rows], batch_size=batch_size,
+                            precision=precision, pad_id=pad_id)
+    rejected = sequence_logps(model, prompts, [r["rejected_ids"] for r in rows], batch_size=batch_size,
+                              precision=precision, pad_id=pad_id)
+    return chosen, rejected
+
+
 # -------------------------------------------------------------------------------------- training
 def _trainer_class():
     from trl import DPOTrainer
@@ -296,12 +308,7 @@ def run(args) -> list[dict]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def measure(model, rows):
-        P = [r["prompt_ids"] for r in rows]
-        c = sequence_logps(model, P, [r["chosen_ids"] for r in rows], batch_size=args.batch_size,
-                           precision=precision, pad_id=pad)
-        rj = sequence_logps(model, P, [r["rejected_ids"] for r in rows], batch_size=args.batch_size,
-                            precision=precision, pad_id=pad)
-        return c, rj
+        return pair_logps(model, rows, batch_size=args.batch_size, precision=precision, pad_id=pad)
 
     model = load_model()
     c0_all, r0_all = measure(model, base_rows)

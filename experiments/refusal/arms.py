@@ -64,7 +64,7 @@ from experiments.ches.dpo import (
     _out_dirs,
     _trainer_class,
     encode_subset,
-    sequence_logps,
+    pair_logps,
 )
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import (
@@ -389,12 +389,7 @@ def run(args) -> list[dict]:
                           "top_k": args.eval_top_k or None, "max_new_tokens": args.eval_max_new_tokens}}
 
     def measure(model, rows):
-        P = [r["prompt_ids"] for r in rows]
-        c = sequence_logps(model, P, [r["chosen_ids"] for r in rows], batch_size=args.batch_size,
-                           precision=precision, pad_id=pad)
-        rj = sequence_logps(model, P, [r["rejected_ids"] for r in rows], batch_size=args.batch_size,
-                            precision=precision, pad_id=pad)
-        return c, rj
+        return pair_logps(model, rows, batch_size=args.batch_size, precision=precision, pad_id=pad)
 
     model = load_model()
     base_rows = []
