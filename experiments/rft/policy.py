@@ -139,38 +139,39 @@ class ActorCritic(nn.Module):
         hidden = base.norm(hidden)
         T = resp.shape[1]
         hidden = hidden[:, cache.prompt_width - 1:cache.prompt_width + T - 1]
-        logits = lm.get_output_embeddings()(hidden)
-        logp_all = torch.log_softmax(logits.float(), dim=-1)
-        logp = logp_all.gather(-1, resp.unsqueeze(-1)).squeeze(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        v = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float() if values else None
-        return logp, entropy, v
+        return self._outputs(lm.get_output_embeddings()(hidden), hidden, resp, values)
 
     def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                response_mask_: torch.Tensor, values: bool = True
+                response_mask_: torch.Tensor, values: bool = True, lm: nn.Module | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``ln π(a_t|s_t)``, the policy entropy at s_t and ``V(s_t)``, each ``[B, T]`` (T = response width).
 
         Decoder-only prompts are left-padded, responses right-padded (what ``generate`` returns).
+        ``lm``: another LM with the same architecture (the reference) instead of the policy's.
         """
+        lm = self.lm if lm is None else lm
         T = response_ids.shape[1]
         if self.encoder_decoder:
-            start = self.lm.config.decoder_start_token_id
+            start = lm.config.decoder_start_token_id
             dec_in = torch.cat([torch.full_like(response_ids[:, :1], start), response_ids[:, :-1]], dim=1)
-            out = self.lm(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=dec_in,
-                          decoder_attention_mask=torch.cat([torch.ones_like(response_mask_[:, :1]),
-                                                            response_mask_[:, :-1]], dim=1),
-                          output_hidden_states=True, use_cache=False)
+            out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=dec_in,
+                     decoder_attention_mask=torch.cat([torch.ones_like(response_mask_[:, :1]),
+                                                       response_mask_[:, :-1]], dim=1),
+                     output_hidden_states=True, use_cache=False)
             logits, hidden = out.logits, out.decoder_hidden_states[-1]
         else:
             P = prompt_ids.shape[1]
             ids = torch.cat([prompt_ids, response_ids], dim=1)
             mask = torch.cat([prompt_mask, response_mask_], dim=1)
             pos = (torch.cumsum(mask, dim=1) - 1).clamp_min(0)
-            base = getattr(self.lm, self.lm.base_model_prefix)
+            base = getattr(lm, lm.base_model_prefix)
             hidden = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
             hidden = hidden[:, P - 1:P + T - 1]
-            logits = self.lm.get_output_embeddings()(hidden)
+            logits = lm.get_output_embeddings()(hidden)
+        return self._outputs(logits, hidden, response_ids, values)
+
+    def _outputs(self, logits, hidden, response_ids, values: bool):
+        """ln π of the taken tokens, the entropy, and the value head on the same hidden states."""
         logp_all = torch.log_softmax(logits.float(), dim=-1)
         logp = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)

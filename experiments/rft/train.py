@@ -89,7 +89,7 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
             ref_logp, _, _ = ac.forward_top(cache, lm=ref_lm, values=False)
         else:
             old_logp, _, old_values = ac(pids, pm, resp, rmask)
-            ref_logp, _, _ = _ref_model_view(ac, ref_lm)(pids, pm, resp, rmask, values=False)
+            ref_logp, _, _ = ac(pids, pm, resp, rmask, values=False, lm=ref_lm)
     task_r = torch.tensor(scores, dtype=torch.float32, device=device)
     rewards, kl = shaped_rewards(task_r, old_logp, ref_logp, rmask, kl_coef)
     adv, ret = gae(rewards, old_values * rmask, rmask, cfg.gamma, cfg.gae_lambda)
@@ -97,25 +97,6 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
             "old_logp": old_logp, "old_values": old_values * rmask, "advantages": adv, "returns": ret,
             "rewards": scores.reshape(len(records), samples), "kl": float(kl.sum(1).mean()), "cache": cache,
             "tokens": int(rmask.sum())}
-
-
-class _RefView:
-    """The reference LM behind the actor-critic's forward (no value head)."""
-
-    def __init__(self, ac, ref_lm):
-        self.ac, self.ref_lm = ac, ref_lm
-
-    def __call__(self, *args, values=False):
-        lm = self.ac.lm
-        self.ac.lm = self.ref_lm
-        try:
-            return self.ac(*args, values=False)
-        finally:
-            self.ac.lm = lm
-
-
-def _ref_model_view(ac, ref_lm):
-    return _RefView(ac, ref_lm)
 
 
 def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter) -> list[dict]:
@@ -132,13 +113,12 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
         p.requires_grad_(False)
     ac = ActorCritic(lm).to(device)
     try:
-        n_train = ac.freeze_lower(args.train_top_layers)
+        ac.freeze_lower(args.train_top_layers)
     except ValueError as e:
         raise UserError(str(e)) from None
     params = [p for p in ac.parameters() if p.requires_grad]
     log.info("PPO: %d trainable parameters (%s)", sum(p.numel() for p in params) ,
              f"top {args.train_top_layers} blocks" if args.train_top_layers else "all blocks")
-    del n_train
     opt = torch.optim.Adam(params, lr=cfg.lr)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl)
     gen = torch.Generator().manual_seed(args.seed)
@@ -176,12 +156,6 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def _pool(records: list[dict], n: int, seed: int) -> list[dict]:
-    from experiments.rft.stats import select_inputs
-
-    return select_inputs(records, n, seed)
-
-
 def evaluate(model, tokenizer, records, reward, args, gen_kwargs, tag: str, precision: str = "fp32"):
     from experiments.rft.stats import reward_table
 
@@ -194,10 +168,15 @@ def evaluate(model, tokenizer, records, reward, args, gen_kwargs, tag: str, prec
 
 
 def run(args) -> dict:
-    from experiments.common.torchutil import resolve_device, resolve_precision, set_seed, set_threads
+    from experiments.common.torchutil import (
+        resolve_device,
+        resolve_precision,
+        set_seed,
+        set_threads,
+    )
     from experiments.models.load import load_generator, load_tokenizer
     from experiments.rft.rewards import make_reward
-    from experiments.rft.stats import _gen_kwargs
+    from experiments.rft.stats import _gen_kwargs, select_inputs
 
     started = time.time()
     if args.algorithm not in ALGORITHMS:
@@ -228,7 +207,7 @@ def run(args) -> dict:
     records = [r for r in read_jsonl(args.data) if r["split"] == "train"]
     if not records:
         raise UserError(f"{args.data}: no train records")
-    pool = _pool(records, args.train_inputs, args.data_seed)
+    pool = select_inputs(records, args.train_inputs, args.data_seed)
     eval_records = pool[:args.eval_inputs] if args.eval_inputs else pool
     reward = make_reward(args.reward, **reward_kwargs)
     try:
