@@ -7,9 +7,12 @@ then the Hugging Face Hub. Offline with no mirror is one clear error saying what
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from experiments.common.cli import UserError
+from experiments.common.io import atomic_path
 
 MIRROR_ENV = "SUITE_DATA_MIRROR"
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "SUITE_OFFLINE")
@@ -59,3 +62,27 @@ def fetch_file(*, mirror_file: str, hub_repo: str, hub_file: str, mirror: str | 
         raise UserError(f"{hub_repo}/{hub_file}: the Hugging Face Hub is unreachable "
                         f"({type(e).__name__}) and no data mirror is set; set {MIRROR_ENV}=/path/to/mirror "
                         f"(or config data_mirror) to a directory holding {mirror_file}") from None
+
+
+def fetch_url(*, mirror_file: str, url: str, mirror: str | None, cache: Path | None = None) -> Path:
+    """A file given by URL: ``<mirror>/<mirror_file>`` if a mirror is set, else a cached HTTP download."""
+    root = mirror_dir(mirror)
+    if root is not None:
+        return fetch_file(mirror_file=mirror_file, hub_repo=url, hub_file="", mirror=mirror)
+    cache = Path(cache or os.environ.get("SUITE_URL_CACHE") or "resources/cache/urls")
+    dest = cache / mirror_file
+    if dest.is_file():
+        return dest
+    offline = offline_env()
+    if offline:
+        raise UserError(f"{url}: working offline ({offline} is set) and no data mirror; set {MIRROR_ENV}="
+                        f"/path/to/mirror (or --mirror) to a directory holding {mirror_file}")
+    try:
+        with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+    except (urllib.error.URLError, OSError) as e:
+        raise UserError(f"{url}: download failed ({type(e).__name__}: {getattr(e, 'reason', e)}) and no data "
+                        f"mirror is set; set {MIRROR_ENV}=/path/to/mirror (or --mirror) to a directory holding "
+                        f"{mirror_file}") from None
+    return dest

@@ -148,7 +148,7 @@ def parse_advbench(data: bytes, where: str = "harmful_behaviors.csv") -> list[di
 
 def load_advbench(mirror: str | None = None) -> list[dict]:
     # mirror first, then a cached URL download (refused offline)
-    from experiments.rft.tasks import fetch_url
+    from experiments.data.mirror import fetch_url
 
     path = fetch_url(mirror_file=ADVBENCH_MIRROR_FILE, url=ADVBENCH_URL, mirror=mirror)
     digest = sha256_file(path)

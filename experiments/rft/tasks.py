@@ -49,16 +49,20 @@ import io
 import json
 import logging
 import os
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_path, write_jsonl
-from experiments.data.mirror import MIRROR_ENV, fetch_file, mirror_dir, offline_env
+from experiments.common.io import write_jsonl
+from experiments.data.mirror import (
+    MIRROR_ENV,
+    fetch_file,
+    fetch_url,
+    mirror_dir,
+    offline_env,
+)
 
 log = logging.getLogger("prepare_grue_task")
 
@@ -438,30 +442,6 @@ def read_parquet_rows(paths: list[Path]) -> list[dict]:
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise UserError(f"{p}: not a readable parquet file ({type(e).__name__}: {e})") from None
     return rows
-
-
-def fetch_url(*, mirror_file: str, url: str, mirror: str | None, cache: Path | None = None) -> Path:
-    """A file given by URL: ``<mirror>/<mirror_file>`` if a mirror is set, else a cached HTTP download."""
-    root = mirror_dir(mirror)
-    if root is not None:
-        return fetch_file(mirror_file=mirror_file, hub_repo=url, hub_file="", mirror=mirror)
-    cache = Path(cache or os.environ.get("SUITE_URL_CACHE") or "resources/cache/urls")
-    dest = cache / mirror_file
-    if dest.is_file():
-        return dest
-    offline = offline_env()
-    if offline:
-        raise UserError(f"{url}: working offline ({offline} is set) and no data mirror; set {MIRROR_ENV}="
-                        f"/path/to/mirror (or --mirror) to a directory holding {mirror_file}")
-    try:
-        with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
-            while chunk := resp.read(1 << 20):
-                f.write(chunk)
-    except (urllib.error.URLError, OSError) as e:
-        raise UserError(f"{url}: download failed ({type(e).__name__}: {getattr(e, 'reason', e)}) and no data "
-                        f"mirror is set; set {MIRROR_ENV}=/path/to/mirror (or --mirror) to a directory holding "
-                        f"{mirror_file}") from None
-    return dest
 
 
 # Where each paper loader reads from. "verified" = seen in the stored Hub pages / repos this was
