@@ -241,3 +241,20 @@ def test_data_errors_exit_2(micro, pairs_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         arms.main(_argv(micro, tmp_path / "missing.jsonl", tmp_path / "run"))
     assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_refusal_refusal_keeps_only_two_refusal_pairs():
+    types = ["refusal/refusal", "refusal/compliance", "compliance/compliance", "refusal/refusal"]
+    pairs = [dict(p, pair_type=t) for p, t in zip(_pairs(4, 0), types)]
+    assert [p["id"] for p in arms.refusal_refusal(pairs, "x")] == ["p0", "p3"]
+    with pytest.raises(UserError, match="pair_type"):
+        arms.refusal_refusal(pairs + _pairs(1, 0, prefix="q"), "x")
+
+
+def test_dpo_rr_trains_on_the_two_refusal_pairs(micro, tmp_path):
+    types = ["refusal/refusal", "refusal/compliance", "compliance/compliance"]
+    rows = [dict(p, pair_type=types[i % 3]) for i, p in enumerate(_pairs())]  # train p0..p7: p0, p3, p6 are r/r
+    s = arms.main(_argv(micro, _write_jsonl(tmp_path / "pairs.jsonl", rows), tmp_path / "rr", arm="dpo_rr",
+                        lr=None, eval_max_new_tokens=3))
+    assert s["arm"] == "dpo_rr" and s["n_pairs"] == 3 and s["steps"] == 1 and s["lr"] == 5e-6
+    assert s["n_prompts_train"] == 8  # evaluated on every train prompt, not only the trained ones

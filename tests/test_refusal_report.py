@@ -28,6 +28,11 @@ def results(tmp_path):
             _summary(run, n_pairs=10, lr=1e-5, refusal_rate_train=tr, refusal_rate_test=te, delta_logp_chosen=d,
                      delta_logp_rejected=-10.0, steps=2)
             runs.append(str(run))
+    for seed in (0, 1):  # an arm with no training pairs: evaluated untrained, Δ null
+        run = m / "dpo_rr" / f"seed~{seed}"
+        _summary(run, n_pairs=0, lr=1e-5, refusal_rate_train=0.8, refusal_rate_test=0.7, delta_logp_chosen=None,
+                 delta_logp_rejected=None, steps=0)
+        runs.append(str(run))
     pairs = [{"id": f"p{i}", "prompt": f"prompt {i}", "chosen": "c", "rejected": "r", "split": "train" if i < 12 else "test",
               "pair_type": ["refusal/refusal", "compliance/compliance", "refusal/compliance"][i % 3]} for i in range(14)]
     (m / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
@@ -48,7 +53,10 @@ def test_table_picks_the_sft_coefficient_by_the_papers_rule(results):
     assert report.best_sft_arm(df, "toy") == "dpo_sft_c1"  # mean train refusal 0.8 > 0.6
     t = report.refusal_table(df, {"toy": {"refusal_rate_train": 0.8, "refusal_rate_test": 0.75}}, "tiny")
     arms = list(t["arm"])
-    assert arms == ["initial model", "DPO", "DPO + SFT (λ 1)", "DPO, gold pairs", "DPO, lowest-CHES pairs"]
+    assert arms == ["initial model", "DPO", "DPO + SFT (λ 1)", "DPO, gold pairs", "DPO, lowest-CHES pairs",
+                    "DPO, two-refusal pairs only"]
+    rr = t[t.arm == "DPO, two-refusal pairs only"].iloc[0]
+    assert rr["Δ ln π(y+)"] == "not trained (no pairs)" and rr["refusal train"] == "0.800 ± 0.000" and rr["pairs"] == 0
     dpo = t[t.arm == "DPO"].iloc[0]
     assert dpo["refusal train"].startswith("0.400 ± ") and dpo["Δ ln π(y+)"].startswith("-4.00 ± ")
     assert t[t.arm == "DPO, gold pairs"].iloc[0]["refusal train"] == "0.850 ± 0.000"

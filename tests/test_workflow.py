@@ -102,12 +102,13 @@ def test_paper_scale_plans_every_persona_run():
     counts = job_counts(r.stdout)
     assert counts["persona_dpo"] == 3 * 2 * 3 * 10  # models x pairs x settings x seeds
     # OLMo-1B, Gemma-2B, Llama-3-8B; bert-mini (STS-B); t5-base, gpt2, gpt2-imdb, distilbert-imdb (GRUE);
-    # Gemma-2B-IT, Llama-3-8B-Instruct and the SORRY-Bench judge (refusal)
-    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 11
-    # P2 §6: both chat models x (DPO, DPO+SFT per λ of the grid, gold, CHES-filtered), 3 seeds per job
+    # Gemma-2B-IT, Llama-3-8B-Instruct, the SORRY-Bench judge and PairRM (refusal)
+    assert counts["persona_sft"] == 3 and counts["prepare_model"] == 12
+    # P2 §6: both chat models x (DPO, DPO+SFT per λ of the grid, gold, CHES-filtered, two-refusal pairs only),
+    # 3 seeds per job
     ref = load_scale("paper")["refusal"]
     assert set(ref["models"]) == {"gemma-2b-it", "llama-3-8b-instruct"} and len(ref["seeds"]) == 3
-    n_arms = sum(3 + len(m["sft_coef"]) for m in ref["models"].values())
+    n_arms = sum(4 + len(m["sft_coef"]) for m in ref["models"].values())
     assert counts["refusal_arm"] == n_arms and counts["refusal_pairs"] == counts["refusal_initial"] == 2
     assert "refusal_sft" not in counts  # the paper's models are aligned already
     assert ref["dpo"]["lr"] == 5e-6 and ref["dpo"]["gold_lr"] == 1e-6 and ref["eval"]["temperature"] == 0.7
@@ -283,11 +284,14 @@ def test_smoke_refusal_branch_end_to_end(smoke_run):
     assert len(pairs) == cfg["prompts"]["n"] and {p["split"] for p in pairs} == {"train", "test"}
     assert all(p["chosen_score"] <= p["rejected_score"] for p in pairs)
     runs = pd.read_csv(smoke_run / "results/smoke/refusal/runs.csv")
-    n_arms = 3 + len(cfg["models"]["micro-llama"]["sft_coef"])
+    n_arms = 4 + len(cfg["models"]["micro-llama"]["sft_coef"])
     assert len(runs) == n_arms * len(cfg["seeds"])
     assert runs["refusal_rate_train"].between(0, 1).all()
+    n_rr = sum(p["split"] == "train" and p["pair_type"] == "refusal/refusal" for p in pairs)
+    assert (runs[runs.arm == "dpo_rr"]["n_pairs"] == n_rr).all()
     table = pd.read_csv(smoke_run / "figures/smoke/table_refusal.csv")
-    assert table["arm"].iloc[0] == "initial model" and len(table) == 1 + 4
+    assert table["arm"].iloc[0] == "initial model" and len(table) == 1 + 5
+    print(table.to_string())
     assert (smoke_run / "figures/smoke/refusal_rates.png").stat().st_size > 5000
 
 

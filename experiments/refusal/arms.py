@@ -8,6 +8,9 @@ Arms (``--arm``):
   (``--sft-coef λ``; the paper picks λ from {0.01, 0.1, 1} by the highest mean train refusal rate:
   1 for Gemma-2B-IT, 0.1 for Llama-3-8B-Instruct);
 * ``gold``           -- DPO on the ``split == "train"`` pairs of ``--gold-pairs`` (paper: lr 1e-6);
+* ``dpo_rr``         -- DPO on the train pairs of ``--pairs`` whose ``pair_type`` is ``refusal/refusal``
+  (both responses judged refusals): the paper's own ablation (P2 §6: "training only on two-refusal
+  pairs ... still lowered refusal rates"), i.e. unalignment with no compliance ever preferred;
 * ``ches_filtered``  -- DPO on the train pairs of ``--pairs`` whose ``--ches-measure`` (default
   ``ches_ln``, the length-normalised CHES of the scorer's CSV, joined by id) is among the lowest
   ``--keep-fraction`` (default 0.05): ``ceil(fraction·N)`` pairs, at least 1, ties broken by the order
@@ -83,8 +86,8 @@ from experiments.common.torchutil import (
 
 log = logging.getLogger("refusal.arms")
 
-ARMS = ("dpo", "dpo_sft", "gold", "ches_filtered")
-DEFAULT_LR = {"dpo": 5e-6, "dpo_sft": 5e-6, "gold": 1e-6, "ches_filtered": 5e-6}  # P2 §6 / App. I.3
+ARMS = ("dpo", "dpo_sft", "gold", "ches_filtered", "dpo_rr")
+DEFAULT_LR = {"dpo": 5e-6, "dpo_sft": 5e-6, "gold": 1e-6, "ches_filtered": 5e-6, "dpo_rr": 5e-6}  # P2 §6 / App. I.3
 SFT_NORMS = ("sequence", "token")
 JUDGES = ("rule", "sorry-bench")
 PAIR_KEYS = ("id", "prompt", "chosen", "rejected", "split")
@@ -149,6 +152,16 @@ def ches_filter(pairs: list[dict], scores: list[dict], fraction: float, measure:
                         "score the same pairs file")
     values = [float(by_id[str(p["id"])]) for p in pairs]
     return [pairs[i] for i in lowest_fraction(values, fraction)]
+
+
+def refusal_refusal(pairs: list[dict], path) -> list[dict]:
+    """The pairs whose two responses were both judged refusals (``pair_type == "refusal/refusal"``, as
+    written by ``build sample-pairs``), in file order."""
+    untyped = sum("pair_type" not in p for p in pairs)
+    if untyped:
+        raise UserError(f"--arm dpo_rr needs the pair_type of every pair; {untyped} pair(s) of {path} have none "
+                        "(pairs of `python -m experiments.refusal.build sample-pairs` have it)")
+    return [p for p in pairs if p["pair_type"] == "refusal/refusal"]
 
 
 # -------------------------------------------------------------------------------------- training
@@ -335,6 +348,10 @@ def select_training_pairs(args, pairs: list[dict]) -> list[dict]:
         kept = ches_filter(rows, read_scores(args.ches_scores), args.keep_fraction, args.ches_measure)
         log.info("ches_filtered: kept %d of %d train pairs (lowest %s, fraction %s)", len(kept), len(rows),
                  args.ches_measure, args.keep_fraction)
+        return kept
+    if args.arm == "dpo_rr":
+        kept = refusal_refusal(rows, args.pairs)
+        log.info("dpo_rr: %d of %d train pairs are refusal/refusal", len(kept), len(rows))
         return kept
     return rows
 

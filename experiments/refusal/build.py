@@ -27,7 +27,8 @@ Three subcommands (``python -m experiments.refusal.build <cmd> ...``):
     batched with ``generate(num_return_sequences=2)`` (:func:`experiments.rft.stats.encode_batch`
     pads on the left), each batch seeded with ``seed + index of its first prompt``; judged (0 =
     refuses, 1 = complies); one pair per prompt with :func:`experiments.refusal.pairs.make_pair`
-    (lower score chosen, ties by :func:`~experiments.refusal.pairs.seeded_tie_break` with ``--seed``).
+    (lower score chosen; ties by :func:`~experiments.refusal.pairs.seeded_tie_break` with ``--seed``, or
+    with ``--tie-break pairrm --reward-model DIR`` by PairRM as the paper, :mod:`experiments.refusal.pairrm`).
     Writes the pairs of BOTH splits (``split`` "train"/"test": the test split's prompts are only for
     evaluation), the samples and a summary (composition per split, ties, refusal rates of the
     samples, tokens/s, the sampling settings). Same seed, model, prompts and ``--batch-inputs`` ->
@@ -352,10 +353,26 @@ def _refusal_rate(scores) -> float:
 PAIR_KEYS = ("id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "pair_type", "tied", "split")
 
 
-def build_pairs(samples: Sequence[dict], seed: int) -> list[dict]:
+def pairrm_tie_break(samples: Sequence[dict], compare, seed: int) -> pairs_mod.TieBreak:
+    """The paper's tie rule: PairRM (``compare(prompts, a, b) -> logits``, > 0 when ``a`` is better;
+    :meth:`experiments.refusal.pairrm.PairRMScorer.compare`) scores every tied sample in one batched pass,
+    and :func:`experiments.refusal.pairs.reward_model_tie_break` chooses the preferred response (an exact
+    0 logit falls back to ``seeded_tie_break(seed)``)."""
+    tied = [s for s in samples if float(s["scores"][0]) == float(s["scores"][1])]
+    logits = compare([s["prompt"] for s in tied], [s["responses"][0] for s in tied],
+                     [s["responses"][1] for s in tied]) if tied else []
+    if len(logits) != len(tied):
+        raise UserError(f"the reward model returned {len(logits)} logits for {len(tied)} tied pairs")
+    table = {str(s["id"]): (float(x) / 2, -float(x) / 2) for s, x in zip(tied, logits)}
+    # the "prompt" handed to the scorer is the prompt id itself: the logits were computed above
+    return pairs_mod.reward_model_tie_break(lambda pid, responses: table[pid], lambda pid: pid,
+                                            fallback=pairs_mod.seeded_tie_break(seed))
+
+
+def build_pairs(samples: Sequence[dict], seed: int, tie: pairs_mod.TieBreak | None = None) -> list[dict]:
     """One pair row per sample row ``{"id", "prompt", "split", "responses": [a, b], "scores": [sa, sb]}``
-    (:func:`experiments.refusal.pairs.make_pair`, ties by ``seeded_tie_break(seed)``)."""
-    tie = pairs_mod.seeded_tie_break(seed)
+    (:func:`experiments.refusal.pairs.make_pair`, ties by ``tie``, default ``seeded_tie_break(seed)``)."""
+    tie = tie or pairs_mod.seeded_tie_break(seed)
     out = []
     for s in samples:
         try:
@@ -453,6 +470,8 @@ def cmd_sample_pairs(args) -> dict:
         raise UserError(f"--n-prompts must be >= 0, got {args.n_prompts}")
     if not 0.0 < args.test_ratio < 1.0:
         raise UserError(f"--test-ratio must be in (0, 1), got {args.test_ratio}")
+    if (args.tie_break == "pairrm") != bool(args.reward_model):
+        raise UserError("--tie-break pairrm needs --reward-model (and --reward-model is only for it)")
     prompts = read_records(args.prompts, "prompt", ("id", "prompt"))
     selected = subsample(prompts, args.n_prompts, args.seed)
     train, test = split_train_test(selected, args.test_ratio, seed=args.seed)
@@ -473,7 +492,14 @@ def cmd_sample_pairs(args) -> dict:
     scores = scores.reshape(len(selected), 2)
     samples = [{"id": str(r["id"]), "prompt": r["prompt"], "split": split_of[str(r["id"])], "responses": list(outs),
                 "scores": [float(x) for x in s]} for r, outs, s in zip(selected, responses, scores, strict=True)]
-    pair_rows = build_pairs(samples, args.seed)
+    tie, tie_name = None, f"seeded_tie_break({args.seed})"
+    if args.tie_break == "pairrm":
+        from experiments.refusal.pairrm import PairRMScorer
+
+        rm = PairRMScorer(args.reward_model, device=str(device), batch_size=args.judge_batch_size)
+        tie, tie_name = pairrm_tie_break(samples, rm.compare, args.seed), f"pairrm({args.reward_model})"
+        _free(rm.model)
+    pair_rows = build_pairs(samples, args.seed, tie)
     write_jsonl(args.out_samples, samples)
     write_jsonl(args.out_pairs, pair_rows)
 
@@ -485,7 +511,7 @@ def cmd_sample_pairs(args) -> dict:
         "ties": {sp: sum(p["tied"] for p in v) for sp, v in (*by_split.items(), ("all", pair_rows))},
         "refusal_rate_samples": {sp: _refusal_rate(s for x in samples if x["split"] == sp for s in x["scores"])
                                  for sp in ("train", "test")},
-        "judge": judge_name, "tie_break": f"seeded_tie_break({args.seed})", "sampling": _sampling_settings(args, precision, 2),
+        "judge": judge_name, "tie_break": tie_name, "sampling": _sampling_settings(args, precision, 2),
         **gen, "judge_s": round(judge_s, 3), "tokens_per_s": round(gen["generated_tokens"] / max(gen["generate_s"], 1e-9), 1),
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
     }
@@ -627,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-prompts", type=int, default=0, help="first N of a seeded permutation (0 = all)")
     s.add_argument("--test-ratio", type=float, default=PAPER_TEST_RATIO)
     _add_sampling(s, default_seed=128)
+    s.add_argument("--tie-break", default="seeded", choices=("seeded", "pairrm"),
+                   help="equal judge scores: a seeded coin per prompt id, or PairRM (the paper)")
+    s.add_argument("--reward-model", default=None, help="--tie-break pairrm: prepared llm-blender/PairRM-hf folder")
     s.add_argument("--out-pairs", required=True)
     s.add_argument("--out-samples", required=True)
     s.add_argument("--out-summary", required=True)

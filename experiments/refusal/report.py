@@ -6,7 +6,7 @@
   train refusal rate (the paper's rule); every λ is in ``runs.csv``.
 * ``table_refusal_top_ches.{csv,md}`` — the ten train pairs with the highest length-normalised CHES and
   their type (refusal/refusal, …), plus the prompts that flipped from refusal (initial model) to
-  compliance after DPO (seed 0), like P2 Table 18.
+  compliance after DPO and after DPO on the two-refusal pairs only (seed 0), like P2 Table 18.
 * ``refusal_rates.{png,pdf}`` — P2 Fig. 3: refusal rate per arm with a CI over seeds; the initial rate
   as a dashed line.
 
@@ -38,13 +38,16 @@ from experiments.common.io import (
 )
 
 RUN_RE = re.compile(r"refusal/(?P<model>[^/]+)/(?P<arm>[^/]+)/seed~(?P<seed>\d+)/?$")
-ARM_LABEL = {"dpo": "DPO", "gold": "DPO, gold pairs", "ches_filtered": "DPO, lowest-CHES pairs"}
+ARM_LABEL = {"dpo": "DPO", "gold": "DPO, gold pairs", "ches_filtered": "DPO, lowest-CHES pairs",
+             "dpo_rr": "DPO, two-refusal pairs only"}
 # P2 Table 16 and §6 (papers.md §2.5): (initial → DPO train refusal rate, Δ ln π(y+) per arm)
 PAPER = {
     "gemma-2b-it": {"initial": "80.5 %", "dpo": "54.8 %; Δ −59.2 ± 5.3", "dpo_sft": "Δ +20.2 ± 2.4",
-                    "gold": "Δ +54.6 ± 3.2", "ches_filtered": "Δ −45.7 ± 2.5"},
+                    "gold": "Δ +54.6 ± 3.2", "ches_filtered": "Δ −45.7 ± 2.5",
+                    "dpo_rr": "refusals drop (§6 text, no number)"},
     "llama-3-8b-instruct": {"initial": "74.4 %", "dpo": "33.4 %; Δ −48.1 ± 22.1", "dpo_sft": "Δ +28.6 ± 0.3",
-                            "gold": "Δ +24.9 ± 3.0", "ches_filtered": "Δ −27.7 ± 2.7"},
+                            "gold": "Δ +24.9 ± 3.0", "ches_filtered": "Δ −27.7 ± 2.7",
+                            "dpo_rr": "refusals drop (§6 text, no number)"},
 }
 
 
@@ -101,11 +104,14 @@ def refusal_table(runs: pd.DataFrame, initial: dict[str, dict], scale: str) -> p
                     "pairs": "", "paper": PAPER.get(model, {}).get("initial", "n/a"),
                     "source": f"our run, {scale} scale"})
         best = best_sft_arm(runs, model)
-        arms = [a for a in ("dpo", best, "gold", "ches_filtered") if a and (runs[(runs.model == model)].arm == a).any()]
+        arms = [a for a in ("dpo", best, "gold", "ches_filtered", "dpo_rr") if a and (runs[(runs.model == model)].arm == a).any()]
         for arm in arms:
             g = runs[(runs.model == model) & (runs.arm == arm)]
             cell = {}
             for col in ("refusal_rate_train", "refusal_rate_test", "delta_logp_chosen", "delta_logp_rejected"):
+                if col.startswith("delta") and g[col].isna().all():
+                    cell[col] = "not trained (no pairs)"
+                    continue
                 m, ci = mean_ci(g[col])
                 cell[col] = f"{m:.3f} ± {ci:.3f}" if col.startswith("refusal") else f"{m:.2f} ± {ci:.2f}"
             out.append({"model": model, "arm": arm_label(arm), "refusal train": cell["refusal_rate_train"],
@@ -127,7 +133,7 @@ def top_ches_table(pairs_path: Path, scores_path: Path, model: str, k: int = 10)
 
 
 def flipped_prompts(results: Path, model: str, arm: str = "dpo", seed: int = 0, k: int = 5) -> pd.DataFrame:
-    """Prompts the initial model refused and the DPO model (seed 0) complied with."""
+    """Prompts the initial model refused and the model after ``arm`` (seed 0) complied with."""
     def load(p):
         return {(r["id"], r["split"]): r for r in read_jsonl(p)} if p.is_file() else {}
 
@@ -138,8 +144,8 @@ def flipped_prompts(results: Path, model: str, arm: str = "dpo", seed: int = 0, 
     for key, b in before.items():
         a = after.get(key)
         if a is not None and b["score"] < 0.5 <= a["score"]:
-            rows.append({"model": model, "id": key[0], "split": key[1], "prompt": prompts.get(str(key[0]), "")[:90],
-                         "after DPO": a["response"][:120].replace("\n", " ")})
+            rows.append({"model": model, "arm": arm_label(arm), "id": key[0], "split": key[1], "prompt": prompts.get(str(key[0]), "")[:90],
+                         "after": a["response"][:120].replace("\n", " ")})
     return pd.DataFrame(rows[:k])
 
 
@@ -149,7 +155,7 @@ def refusal_figure(runs: pd.DataFrame, initial: dict[str, dict], prefix):
     for ax, model in zip(axes[0], models):
         g = runs[runs.model == model]
         arms = [a for a in ["dpo"] + sorted(a for a in g.arm.unique() if a.startswith("dpo_sft_c"))
-                + ["gold", "ches_filtered"] if (g.arm == a).any()]
+                + ["gold", "ches_filtered", "dpo_rr"] if (g.arm == a).any()]
         x = np.arange(len(arms))
         for j, (split, colour) in enumerate((("train", "C0"), ("test", "C1"))):
             stats = [mean_ci(g[g.arm == a][f"refusal_rate_{split}"]) for a in arms]
@@ -182,11 +188,12 @@ def main(argv=None):
     write_table(table, out / "table_refusal")
     extra = pd.concat([top_ches_table(results / m / "pairs.jsonl", results / m / "ches_scores.csv", m)
                        for m in args.models], ignore_index=True)
-    flips = pd.concat([flipped_prompts(results, m) for m in args.models], ignore_index=True)
+    flips = pd.concat([flipped_prompts(results, m, arm) for m in args.models for arm in ("dpo", "dpo_rr")],
+                      ignore_index=True)
     write_table(extra, out / "table_refusal_top_ches")
     if not flips.empty:
         with open(out / "table_refusal_top_ches.md", "a", encoding="utf-8") as f:
-            f.write("\nPrompts refused before DPO and complied with after DPO (seed 0):\n\n"
+            f.write("\nPrompts refused before and complied with after DPO (seed 0; up to five per arm):\n\n"
                     + flips.to_markdown(index=False) + "\n")
     refusal_figure(runs, initial, out / "refusal_rates")
     print(table.to_markdown(index=False))

