@@ -39,14 +39,21 @@
 #       figures/<scale>/table_rft_{findings,heuristics,cheap_sft}.{csv,md}, rft_{finding2,heuristics,cheap_sft,diagnostics}.*
 #   results/<scale>/refusal/{dpo_prompts.jsonl,sft_data.jsonl}; results/<scale>/refusal/<model>/{sft/,pairs.jsonl,
 #       samples.jsonl,gold.jsonl,ches_scores.csv,initial/summary.json}, …/<model>/<arm>/seed~<n>/{summary.json,responses.jsonl}
-#       (arm: dpo | dpo_sft_c<λ> | gold | ches_filtered); results/<scale>/refusal/runs.csv;
+#       (arm: dpo | dpo_sft_c<λ> | gold | ches_filtered | dpo_rr); results/<scale>/refusal/runs.csv;
 #       figures/<scale>/table_refusal.{csv,md}, table_refusal_top_ches.{csv,md}, refusal_rates.{png,pdf}
-#   logs/<scale>/<rule>/...log                             one log per job
+#   figures/<scale>/summary.{csv,md}                       one row per claim of the papers (`snakemake summary`)
+#   figures/<scale>/table_runtime.{csv,md}                 wall time and peak RSS per rule and branch
+#   logs/<scale>/<rule>/...log, benchmarks/<scale>/<rule>/...tsv   one log and one benchmark per job
+#   checkpoints/<scale>/<rule>/...                         resumable trainer checkpoints (removed when the job ends)
+#   report.html                                            `snakemake --report report.html` (captions: workflow/report/)
 
 
 from snakemake.utils import min_version
 
 min_version("9.19")
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -57,9 +64,11 @@ include: "workflow/rules/theory.smk"
 include: "workflow/rules/rft.smk"
 include: "workflow/rules/ches.smk"
 include: "workflow/rules/refusal.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:
     default_target: True
     input:
         final_outputs(),
+

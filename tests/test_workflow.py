@@ -295,6 +295,29 @@ def test_smoke_refusal_branch_end_to_end(smoke_run):
     assert (smoke_run / "figures/smoke/refusal_rates.png").stat().st_size > 5000
 
 
+def test_smoke_summary_and_report(smoke_run, tmp_path):
+    """`snakemake summary` prints one row per claim; `--report` makes one self-contained HTML with captions."""
+    env = {"SUITE_DATA_MIRROR": os.environ.get("SUITE_DATA_MIRROR", ""), "HF_HUB_OFFLINE": "1"}
+    r = snakemake("summary", "--config", "scale=smoke", "--directory", str(smoke_run), env_extra=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    from experiments.summary import CLAIMS
+
+    table = pd.read_csv(smoke_run / "figures/smoke/summary.csv")
+    assert len(table) == len(CLAIMS) and set(table["shows?"]) <= {"yes", "partly", "no", "not run",
+                                                                  "not testable (DPO did not lower refusals)"}
+    assert all(claim in r.stdout for claim in table["claim"])  # printed in the terminal
+    report = tmp_path / "report.html"
+    r = snakemake("--report", str(report), "--config", "scale=smoke", "--directory", str(smoke_run), env_extra=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    html = report.read_text()
+    for needle in ("P1: vanishing gradients in RFT", "P2: likelihood displacement in DPO", "Refusal rate after each",
+                   "refusal_rates.png", "table_ches.csv", "smoke scale", "Headline summary"):
+        assert needle in html, needle
+    captions = sorted(p.stem for p in (REPO / "workflow/report").glob("*.rst") if p.stem != "workflow")
+    figures = {p.stem for p in (smoke_run / "figures/smoke").iterdir() if p.suffix in (".png", ".csv")}
+    assert set(captions) == figures  # every reported file has a caption, every caption a file
+
+
 def test_smoke_rerun_has_nothing_to_do(smoke_run):
     r = snakemake("-n", "--config", "scale=smoke", "--directory", str(smoke_run))
     assert r.returncode == 0

@@ -184,11 +184,14 @@ def _callbacks(max_steps: int):
 
 def make_trainer(model, tokenizer, rows: list[dict], *, encoder_decoder: bool, max_steps: int, batch_size: int,
                  lr: float, lr_scheduler: str, warmup_steps: int, weight_decay: float, seed: int, precision: str,
-                 device, work_dir: Path):
+                 device, work_dir: Path, save_steps: int = 0):
     """The trainer for ``rows`` (:func:`encode_examples`): TRL ``SFTTrainer`` for decoder-only models,
-    ``Seq2SeqTrainer`` for encoder-decoder ones; not started."""
+    ``Seq2SeqTrainer`` for encoder-decoder ones; not started. ``save_steps > 0``: resumable checkpoints
+    in ``work_dir`` (:mod:`experiments.common.checkpoint`)."""
     from datasets import Dataset
     from transformers import PrinterCallback
+
+    from experiments.common import checkpoint
 
     common = dict(
         output_dir=str(work_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
@@ -198,6 +201,9 @@ def make_trainer(model, tokenizer, rows: list[dict], *, encoder_decoder: bool, m
         use_cpu=device.type == "cpu", activation_checkpointing=False, dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+    if save_steps > 0:
+        common.update(checkpoint.trainer_args(work_dir, save_steps))
+    callbacks = _callbacks(max_steps) + [c for c in [checkpoint.kill_after_save_callback()] if c]
     if encoder_decoder:
         from transformers import (
             DataCollatorForSeq2Seq,
@@ -210,7 +216,7 @@ def make_trainer(model, tokenizer, rows: list[dict], *, encoder_decoder: bool, m
                                  "labels": r["target_ids"]} for r in rows])
         collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding=True)
         trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**common), train_dataset=ds,
-                                 data_collator=collator, processing_class=tokenizer, callbacks=_callbacks(max_steps))
+                                 data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     else:
         from trl import SFTConfig, SFTTrainer
 
@@ -220,7 +226,7 @@ def make_trainer(model, tokenizer, rows: list[dict], *, encoder_decoder: bool, m
                                  "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r["target_ids"])}
                                 for r in rows])
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
-                             callbacks=_callbacks(max_steps))
+                             callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # one dict per step on stdout; progress goes through `log`
     return trainer
 
@@ -355,7 +361,14 @@ def run(args) -> dict:
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".trainer.", dir=out_dir))
+    from experiments.common import checkpoint
+
+    if args.checkpoint_dir:  # resumable: the trainer folder outlives a killed run
+        work = Path(args.checkpoint_dir)
+        save_steps = args.save_steps or checkpoint.auto_save_steps(max_steps)
+    else:
+        work, save_steps = Path(tempfile.mkdtemp(prefix=".trainer.", dir=out_dir)), 0
+    resume = checkpoint.last_checkpoint(work) if args.checkpoint_dir else None
     configs = _snapshot_configs(model)
     model.train()
     t0 = time.time()
@@ -363,10 +376,11 @@ def run(args) -> dict:
         trainer = make_trainer(model, tokenizer, rows, encoder_decoder=encoder_decoder, max_steps=max_steps,
                                batch_size=args.batch_size, lr=args.lr, lr_scheduler=args.lr_scheduler,
                                warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, seed=args.seed,
-                               precision=precision, device=device, work_dir=work)
-        trainer.train()
+                               precision=precision, device=device, work_dir=work, save_steps=save_steps)
+        trainer.train(resume_from_checkpoint=resume)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.checkpoint_dir:
+            shutil.rmtree(work, ignore_errors=True)
     train_s = time.time() - t0
     steps = int(trainer.state.global_step)
     history = train_log(trainer.state.log_history)
@@ -390,13 +404,15 @@ def run(args) -> dict:
         "optimizer": "adamw_torch", "seed": args.seed, "max_pool": args.max_pool,
         "architecture": "encoder-decoder" if encoder_decoder else "decoder-only",
         "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], "train_seconds": round(train_s, 3),
-        "seconds_per_step": round(train_s / max(steps, 1), 4), "precision": precision, "train_top_layers": args.train_top_layers, "trainable_params": n_trainable,
+        "seconds_per_step": round(train_s / max(steps, 1), 4), "resumed_from": resume, "precision": precision, "train_top_layers": args.train_top_layers, "trainable_params": n_trainable,
     }
     summary["manifest"] = run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads,
                                        model=str(source), data=str(data))
     save_model(model, source, out_dir / "model", summary)
     write_csv(pd.DataFrame(history, columns=LOG_COLUMNS), out_dir / "train_log.csv", float_format=None)
     write_json(out_dir / "summary.json", summary)
+    if args.checkpoint_dir:
+        checkpoint.finished(args.checkpoint_dir)
     log.info("SFT done: %d steps (%.2f passes over %d examples), loss %.4f -> %.4f, %.1fs", steps,
              summary["epochs_over_subset"], len(rows), summary["loss_first"], summary["loss_last"], train_s)
     return summary
@@ -430,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out-dir", required=True, help="run folder: model/, train_log.csv, summary.json")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="resumable checkpoints here (outside --out-dir); a rerun continues from the last one")
+    p.add_argument("--save-steps", type=int, default=0, help="with --checkpoint-dir: save every N steps (0 = ~4 per run)")
     return p
 
 

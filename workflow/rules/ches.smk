@@ -6,6 +6,8 @@ rule prepare_preferences:
         "resources/data/preferences/{dataset_pref}.jsonl",
     log:
         "logs/prepare_preferences/{dataset_pref}.log",
+    benchmark:
+        "benchmarks/prepare_preferences/{dataset_pref}.tsv",
     params:
         d=lambda w: CHES["datasets"][w.dataset_pref],
         mirror=config["data_mirror"] or "",
@@ -28,6 +30,8 @@ rule ches_score:
         "results/{scale}/ches/{model}/{dataset_pref}/scores.csv",
     log:
         "logs/{scale}/ches_score/{model}/{dataset_pref}.log",
+    benchmark:
+        "benchmarks/{scale}/ches_score/{model}/{dataset_pref}.tsv",
     params:
         c=CHES,
         device=config["device"],
@@ -62,6 +66,8 @@ rule ches_dpo:
         ),
     log:
         "logs/{scale}/ches_dpo/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}.log",
+    benchmark:
+        "benchmarks/{scale}/ches_dpo/{model}/{dataset_pref}/{ches_loss}/{measure}/q~{quantile}.tsv",
     params:
         c=CHES,
         d=CHES["dpo"],
@@ -90,10 +96,12 @@ rule ches_figures:
         [f"{run}/summary.json" for run in ches_runs()],
     output:
         runs="results/{scale}/ches/runs.csv",
-        table=multiext("figures/{scale}/table_ches", ".csv", ".md"),
-        figure=multiext("figures/{scale}/ches_quantiles", ".png", ".pdf"),
+        table=figure_outputs("table_ches", (".csv", ".md"), "ches"),
+        figure=figure_outputs("ches_quantiles", (".png", ".pdf"), "ches"),
     log:
         "logs/{scale}/ches_figures.log",
+    benchmark:
+        "benchmarks/{scale}/ches_figures.tsv",
     params:
         runs=ches_runs(),
     threads: 1

@@ -384,4 +384,31 @@ def final_outputs():
         rft += [f"results/{SCALE}/rft/finetune_runs.csv"] + rft_finetune_figures()
     ches = [f"results/{SCALE}/ches/runs.csv"] + ches_figures()
     refusal = [f"results/{SCALE}/refusal/runs.csv"] + refusal_figures()
-    return persona + theory_results() + theory_figures() + rft + ches + refusal
+    summary = [f"figures/{SCALE}/{n}.{e}" for n in ("summary", "table_runtime") for e in ("csv", "md")]
+    return persona + theory_results() + theory_figures() + rft + ches + refusal + summary
+
+
+# ---------------------------------------------------------------- the HTML report (snakemake --report)
+REPORT_SECTIONS = {
+    "theory": ("P1: vanishing gradients in RFT", "Theorem 1 and the controlled experiments (§3–4)"),
+    "reward_stats": ("P1: vanishing gradients in RFT", "GRUE reward statistics, Finding I (§4.1)"),
+    "finetune": ("P1: vanishing gradients in RFT", "GRUE finetuning, Findings II–III, heuristics, cheap SFT (§4.1, §5)"),
+    "persona": ("P2: likelihood displacement in DPO", "Single-prompt persona experiments (§3)"),
+    "ches": ("P2: likelihood displacement in DPO", "The CHES score (§5)"),
+    "refusal": ("P2: likelihood displacement in DPO", "Unintentional unalignment on refusal data (§6)"),
+    "suite": ("Suite", "Headline summary and cost"),
+}
+
+
+def figure_outputs(name, exts, section):
+    """``figures/{scale}/<name><ext>`` for each ext; the PNG and the CSV go into the report with the
+    caption ``workflow/report/<name>.rst`` under the section's category and subcategory."""
+    category, subcategory = REPORT_SECTIONS[section]
+    out = []
+    for ext in exts:
+        path = f"figures/{{scale}}/{name}{ext}"
+        if ext in (".png", ".csv"):
+            path = report(path, caption=f"../report/{name}.rst", category=category, subcategory=subcategory,
+                          labels={"file": f"{name}{ext}"})
+        out.append(path)
+    return out

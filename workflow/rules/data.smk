@@ -3,6 +3,8 @@ rule prepare_persona:
         "resources/data/persona.jsonl",
     log:
         "logs/prepare_persona.log",
+    benchmark:
+        "benchmarks/prepare_persona.tsv",
     params:
         hub_repo=PERSONA["data"]["hub_repo"],
         hub_file=PERSONA["data"]["hub_file"],

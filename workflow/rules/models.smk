@@ -3,6 +3,8 @@ rule prepare_model:
         directory("resources/models/{model}"),
     log:
         "logs/prepare_model/{model}.log",
+    benchmark:
+        "benchmarks/prepare_model/{model}.tsv",
     params:
         spec=model_spec_json,
     threads: 2

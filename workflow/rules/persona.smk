@@ -11,6 +11,8 @@ rule persona_sft:
         summary="results/{scale}/persona/{model}/sft/summary.json",
     log:
         "logs/{scale}/persona_sft/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/persona_sft/{model}.tsv",
     params:
         sft=PERSONA["sft"],
         targets_if_yes=json.dumps(PERSONA["sft"]["targets_if_yes"]),
@@ -42,6 +44,8 @@ rule persona_dpo:
         summary="results/{scale}/persona/{model}/{init}~{loss}/{pair}/seed~{seed}/summary.json",
     log:
         "logs/{scale}/persona_dpo/{model}/{init}~{loss}/{pair}/seed~{seed}.log",
+    benchmark:
+        "benchmarks/{scale}/persona_dpo/{model}/{init}~{loss}/{pair}/seed~{seed}.tsv",
     params:
         setting=persona_setting,
         pair=persona_pair,
@@ -78,6 +82,8 @@ rule persona_aggregate:
         steps="results/{scale}/persona/steps.csv",
     log:
         "logs/{scale}/persona_aggregate.log",
+    benchmark:
+        "benchmarks/{scale}/persona_aggregate.tsv",
     params:
         runs=persona_runs(),
     threads: 1
@@ -96,10 +102,12 @@ rule persona_figures:
         runs="results/{scale}/persona/runs.csv",
         steps="results/{scale}/persona/steps.csv",
     output:
-        table=multiext("figures/{scale}/table_persona", ".csv", ".md", ".tex"),
-        figure=multiext("figures/{scale}/persona_pi_chosen", ".png", ".pdf"),
+        table=figure_outputs("table_persona", (".csv", ".md", ".tex"), "persona"),
+        figure=figure_outputs("persona_pi_chosen", (".png", ".pdf"), "persona"),
     log:
         "logs/{scale}/persona_figures.log",
+    benchmark:
+        "benchmarks/{scale}/persona_figures.tsv",
     params:
         scale="{scale}",
     threads: 1

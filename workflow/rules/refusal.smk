@@ -8,6 +8,8 @@ rule refusal_prompts:
         "resources/data/refusal/{refusal_source}.jsonl",
     log:
         "logs/refusal_prompts/{refusal_source}.log",
+    benchmark:
+        "benchmarks/refusal_prompts/{refusal_source}.tsv",
     params:
         mirror=config["data_mirror"] or "",
     threads: 1
@@ -27,6 +29,8 @@ rule refusal_dpo_prompts:
         "results/{scale}/refusal/dpo_prompts.jsonl",
     log:
         "logs/{scale}/refusal_dpo_prompts.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_dpo_prompts.tsv",
     params:
         p=REFUSAL["prompts"],
         mirror=config["data_mirror"] or "",
@@ -51,6 +55,8 @@ rule refusal_sft_data:
         summary="results/{scale}/refusal/sft_data_summary.json",
     log:
         "logs/{scale}/refusal_sft_data.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_sft_data.tsv",
     params:
         s=REFUSAL["sft"],
     threads: 1
@@ -75,6 +81,8 @@ rule refusal_sft:
         summary="results/{scale}/refusal/{model}/sft/summary.json",
     log:
         "logs/{scale}/refusal_sft/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_sft/{model}.tsv",
     params:
         s=REFUSAL["sft"],
         out_dir=subpath(output.summary, parent=True),
@@ -91,7 +99,7 @@ rule refusal_sft:
         " --max-prompt-tokens 128 --max-target-tokens {params.s[max_target_tokens]} --epochs {params.s[epochs]}"
         " --batch-size {params.s[batch_size]} --lr {params.s[lr]} --lr-scheduler cosine --seed {params.s[seed]}"
         " --precision {params.precision} --device {params.device} --threads {threads}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --checkpoint-dir checkpoints/{wildcards.scale}/refusal_sft/{wildcards.model} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule refusal_pairs:
@@ -106,6 +114,8 @@ rule refusal_pairs:
         summary="results/{scale}/refusal/{model}/pairs_summary.json",
     log:
         "logs/{scale}/refusal_pairs/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_pairs/{model}.tsv",
     params:
         r={k: REFUSAL[k] for k in ("test_ratio", "sampling", "precision")},
         judge=refusal_judge_args,
@@ -134,6 +144,8 @@ rule refusal_gold:
         summary="results/{scale}/refusal/{model}/gold_summary.json",
     log:
         "logs/{scale}/refusal_gold/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_gold/{model}.tsv",
     params:
         cmd=refusal_gold_command,
         device=config["device"],
@@ -156,6 +168,8 @@ rule refusal_ches:
         "results/{scale}/refusal/{model}/ches_scores.csv",
     log:
         "logs/{scale}/refusal_ches/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_ches/{model}.tsv",
     params:
         d=REFUSAL["dpo"],
         device=config["device"],
@@ -181,6 +195,8 @@ rule refusal_arm:
         expand("results/{{scale}}/refusal/{{model}}/{{refusal_arm}}/seed~{seed}/summary.json", seed=REFUSAL["seeds"]),
     log:
         "logs/{scale}/refusal_arm/{model}/{refusal_arm}.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_arm/{model}/{refusal_arm}.tsv",
     params:
         args=refusal_arm_args,
         out_dir=lambda w: f"results/{w.scale}/refusal/{w.model}/{w.refusal_arm}/" + "seed~{seed}",
@@ -206,6 +222,8 @@ rule refusal_initial:
         "results/{scale}/refusal/{model}/initial/summary.json",
     log:
         "logs/{scale}/refusal_initial/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_initial/{model}.tsv",
     params:
         args=lambda w: refusal_eval_args(),
         out_dir=subpath(output[0], parent=True),
@@ -229,11 +247,13 @@ rule refusal_figures:
         scores=[f"results/{SCALE}/refusal/{m}/ches_scores.csv" for m in REFUSAL["models"]],
     output:
         runs="results/{scale}/refusal/runs.csv",
-        table=multiext("figures/{scale}/table_refusal", ".csv", ".md"),
-        pairs=multiext("figures/{scale}/table_refusal_top_ches", ".csv", ".md"),
-        figure=multiext("figures/{scale}/refusal_rates", ".png", ".pdf"),
+        table=figure_outputs("table_refusal", (".csv", ".md"), "refusal"),
+        pairs=figure_outputs("table_refusal_top_ches", (".csv", ".md"), "refusal"),
+        figure=figure_outputs("refusal_rates", (".png", ".pdf"), "refusal"),
     log:
         "logs/{scale}/refusal_figures.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_figures.tsv",
     params:
         runs=refusal_runs(),
         models=list(REFUSAL["models"]),

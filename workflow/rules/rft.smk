@@ -6,6 +6,8 @@ rule prepare_grue_task:
         "resources/data/grue/{loader}.jsonl",  # named by loader: tiny and paper "imdb" differ
     log:
         "logs/prepare_grue_task/{loader}.log",
+    benchmark:
+        "benchmarks/prepare_grue_task/{loader}.tsv",
     params:
         mirror=config["data_mirror"] or "",
     threads: 1
@@ -25,6 +27,8 @@ rule train_sentiment_reward:
         report="results/{scale}/rft/sentiment_reward/report.json",
     log:
         "logs/{scale}/train_sentiment_reward.log",
+    benchmark:
+        "benchmarks/{scale}/train_sentiment_reward.tsv",
     threads: 1
     resources:
         mem_mb=4000,
@@ -49,6 +53,8 @@ rule reward_stats:
         summary="results/{scale}/rft/stats/{task}/{model}/summary.json",
     log:
         "logs/{scale}/reward_stats/{task}/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/reward_stats/{task}/{model}.tsv",
     params:
         t=rft_task,
         s=RFT["stats"],
@@ -80,10 +86,12 @@ rule rft_stats_figures:
         summaries=[f"{run}/summary.json" for run in rft_stats_runs()],
     output:
         csv="results/{scale}/rft/reward_stats.csv",
-        table=multiext("figures/{scale}/table_reward_stats", ".csv", ".md"),
-        figure=multiext("figures/{scale}/rft_reward_stats", ".png", ".pdf"),
+        table=figure_outputs("table_reward_stats", (".csv", ".md"), "reward_stats"),
+        figure=figure_outputs("rft_reward_stats", (".png", ".pdf"), "reward_stats"),
     log:
         "logs/{scale}/rft_stats_figures.log",
+    benchmark:
+        "benchmarks/{scale}/rft_stats_figures.tsv",
     params:
         runs=rft_stats_runs(),
         threshold=RFT["small_std_threshold"],
@@ -114,6 +122,8 @@ rule rft_sft:
         train_log="results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/train_log.csv",
     log:
         "logs/{scale}/rft_sft/{task}/sft_d{dfrac}_s{sfrac}.log",
+    benchmark:
+        "benchmarks/{scale}/rft_sft/{task}/sft_d{dfrac}_s{sfrac}.tsv",
     params:
         t=rft_task,
         s=lambda w: rft_task(w)["sft"],
@@ -134,7 +144,7 @@ rule rft_sft:
         " --epochs {params.s[epochs]} --batch-size {params.s[batch_size]} --lr {params.s[lr]}"
         " --lr-scheduler {params.s[lr_scheduler]} --weight-decay {params.s[weight_decay]}"
         " --max-pool {params.s[max_pool]} --train-top-layers {params.top} --precision {params.precision}"
-        " --device {params.device}"
+        " --device {params.device} --checkpoint-dir checkpoints/{wildcards.scale}/rft_sft/{wildcards.task}/sft_d{wildcards.dfrac}_s{wildcards.sfrac}"
         " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -149,6 +159,8 @@ rule rft_train:
         per_input="results/{scale}/rft/runs/{task}/{rft_init}/{rft_variant}/seed~{seed}/per_input.csv",
     log:
         "logs/{scale}/rft_train/{task}/{rft_init}/{rft_variant}/seed~{seed}.log",
+    benchmark:
+        "benchmarks/{scale}/rft_train/{task}/{rft_init}/{rft_variant}/seed~{seed}.tsv",
     params:
         t=rft_task,
         run=rft_run_settings,
@@ -184,15 +196,14 @@ rule rft_finetune_figures:
         summaries=[f"{run}/summary.json" for run in rft_finetune_runs()],
     output:
         runs="results/{scale}/rft/finetune_runs.csv",
-        tables=multiext("figures/{scale}/table_rft_findings", ".csv", ".md")
-        + multiext("figures/{scale}/table_rft_heuristics", ".csv", ".md")
-        + multiext("figures/{scale}/table_rft_cheap_sft", ".csv", ".md"),
-        figures=multiext("figures/{scale}/rft_finding2", ".png", ".pdf")
-        + multiext("figures/{scale}/rft_heuristics", ".png", ".pdf")
-        + multiext("figures/{scale}/rft_cheap_sft", ".png", ".pdf")
-        + multiext("figures/{scale}/rft_diagnostics", ".png", ".pdf"),
+        tables=[f for n in ("table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft")
+                for f in figure_outputs(n, (".csv", ".md"), "finetune")],
+        figures=[f for n in ("rft_finding2", "rft_heuristics", "rft_cheap_sft", "rft_diagnostics")
+                 for f in figure_outputs(n, (".png", ".pdf"), "finetune")],
     log:
         "logs/{scale}/rft_finetune_figures.log",
+    benchmark:
+        "benchmarks/{scale}/rft_finetune_figures.tsv",
     params:
         runs=rft_finetune_runs(),
         threshold=RFT["small_std_threshold"],

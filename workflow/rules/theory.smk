@@ -6,6 +6,8 @@ rule theorem1_micro:
         "results/{scale}/theory/theorem1/micro.csv",
     log:
         "logs/{scale}/theorem1/micro.log",
+    benchmark:
+        "benchmarks/{scale}/theorem1/micro.tsv",
     params:
         c=THEORY["theorem1"]["micro"],
         lengths=",".join(str(n) for n in THEORY["theorem1"]["micro"]["lengths"]),
@@ -31,6 +33,8 @@ rule theorem1_single_token:
         "results/{scale}/theory/theorem1/single-token.csv",
     log:
         "logs/{scale}/theorem1/single-token.log",
+    benchmark:
+        "benchmarks/{scale}/theorem1/single-token.tsv",
     params:
         c=THEORY["theorem1"]["single_token"],
         prompts=json.dumps(THEORY["theorem1"]["single_token"]["prompts"]),
@@ -59,6 +63,8 @@ rule controlled_pretrain:
         summary="results/{scale}/theory/controlled/{dataset}/seed~{seed}/pretrain/summary.json",
     log:
         "logs/{scale}/controlled_pretrain/{dataset}/seed~{seed}.log",
+    benchmark:
+        "benchmarks/{scale}/controlled_pretrain/{dataset}/seed~{seed}.tsv",
     params:
         d=controlled_dataset,
         hidden=lambda w: ",".join(str(h) for h in controlled_dataset(w)["hidden"]),
@@ -93,6 +99,8 @@ rule controlled_finetune:
         config="results/{scale}/theory/controlled/{dataset}/{variant}/{method}/seed~{seed}/config.json",
     log:
         "logs/{scale}/controlled_finetune/{dataset}/{variant}/{method}/seed~{seed}.log",
+    benchmark:
+        "benchmarks/{scale}/controlled_finetune/{dataset}/{variant}/{method}/seed~{seed}.tsv",
     params:
         v=controlled_variant,
         c=THEORY["controlled"],
@@ -120,6 +128,8 @@ rule theory_separation:
         "results/{scale}/theory/separation.csv",
     log:
         "logs/{scale}/theory_separation.log",
+    benchmark:
+        "benchmarks/{scale}/theory_separation.tsv",
     params:
         c=THEORY["separation"],
         sigmas=",".join(str(s) for s in THEORY["separation"]["sigmas"]),
@@ -143,6 +153,8 @@ rule theory_aggregate:
         "results/{scale}/theory/controlled.csv",
     log:
         "logs/{scale}/theory_aggregate.log",
+    benchmark:
+        "benchmarks/{scale}/theory_aggregate.tsv",
     params:
         runs=controlled_runs(),
     threads: 1
@@ -162,12 +174,14 @@ rule theory_figures:
         controlled="results/{scale}/theory/controlled.csv",
         separation="results/{scale}/theory/separation.csv",
     output:
-        table=multiext("figures/{scale}/table_theory", ".csv", ".md"),
-        theorem1=multiext("figures/{scale}/theory_theorem1", ".png", ".pdf"),
-        controlled=multiext("figures/{scale}/theory_controlled", ".png", ".pdf"),
-        separation=multiext("figures/{scale}/theory_separation", ".png", ".pdf"),
+        table=figure_outputs("table_theory", (".csv", ".md"), "theory"),
+        theorem1=figure_outputs("theory_theorem1", (".png", ".pdf"), "theory"),
+        controlled=figure_outputs("theory_controlled", (".png", ".pdf"), "theory"),
+        separation=figure_outputs("theory_separation", (".png", ".pdf"), "theory"),
     log:
         "logs/{scale}/theory_figures.log",
+    benchmark:
+        "benchmarks/{scale}/theory_figures.tsv",
     params:
         scale="{scale}",
     threads: 1

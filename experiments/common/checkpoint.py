@@ -1,0 +1,74 @@
+"""Resumable training. A training step saves checkpoints in a folder OUTSIDE its declared outputs
+(``checkpoints/<scale>/<rule>/<wildcards>/`` in the DAG), because Snakemake deletes the outputs of a job
+it reruns; a killed job rerun by Snakemake (``--retries``, ``--rerun-incomplete`` or a plain rerun)
+finds the last checkpoint there and continues from it, and the folder is removed once the outputs are
+written.
+
+For ``transformers.Trainer``-based steps (TRL's ``SFTTrainer``/``DPOTrainer``, ``Seq2SeqTrainer``) a
+checkpoint is the trainer's own: weights, optimizer, scheduler, RNG states and the data position, so a
+resumed run takes the same remaining steps as an uninterrupted one.
+
+Fault injection for the resume tests: with ``SUITE_TEST_KILL_AFTER_SAVE=N`` in the environment the
+process SIGKILLs itself right after it has saved the checkpoint of step N (a real kill, at a point the
+test can name; never set in normal use).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+
+log = logging.getLogger("checkpoint")
+
+KILL_ENV = "SUITE_TEST_KILL_AFTER_SAVE"
+
+
+def auto_save_steps(max_steps: int, parts: int = 4) -> int:
+    """Save about ``parts`` times per run (at least every step)."""
+    return max(1, math.ceil(max_steps / parts))
+
+
+def last_checkpoint(folder: str | os.PathLike | None) -> str | None:
+    """The newest ``checkpoint-<step>`` of a trainer folder, or None (no folder, or nothing saved yet)."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(folder))
+    if found:
+        log.info("resuming from %s", found)
+    return found
+
+
+def trainer_args(folder: str | os.PathLike, save_steps: int) -> dict:
+    """``TrainingArguments`` keywords that save a resumable checkpoint every ``save_steps`` steps into
+    ``folder`` (only the newest kept)."""
+    return {"output_dir": str(folder), "save_strategy": "steps", "save_steps": int(save_steps),
+            "save_total_limit": 1, "save_only_model": False}
+
+
+def kill_after_save_callback():
+    """A ``TrainerCallback`` that SIGKILLs the process after the checkpoint of step ``$SUITE_TEST_KILL_AFTER_SAVE``
+    (None when the variable is unset)."""
+    step = os.environ.get(KILL_ENV)
+    if not step:
+        return None
+    from transformers import TrainerCallback
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == int(step):
+                log.warning("%s=%s: killing this process after saving step %s", KILL_ENV, step, step)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillAfterSave()
+
+
+def finished(folder: str | os.PathLike | None) -> None:
+    """Remove the checkpoints once the step's outputs are written."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

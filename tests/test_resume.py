@@ -1,0 +1,83 @@
+"""Resumable training (experiments.common.checkpoint): a smoke SFT killed (SIGKILL) right after a mid-run
+checkpoint, then rerun, ends with the same weights and loss log as an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from experiments.common import checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "the a cat dog sat ran on under mat tree red blue big small it is was and".split()
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    from experiments.models.prepare import prepare_model
+
+    d = tmp_path_factory.mktemp("resume") / "llama"
+    prepare_model("micro-llama", {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32,
+                                  "num_heads": 4, "intermediate_size": 64, "vocab_size": 400, "seed": 0,
+                                  "single_token_words": ["Yes", "No"]}, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    rng = torch.Generator().manual_seed(3)
+    text = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
+    recs = [{"id": f"r{i}", "split": "train", "prompt": text(4 + i % 3), "references": [text(3 + i % 2)], "meta": {}}
+            for i in range(24)]
+    path = tmp_path_factory.mktemp("resume_data") / "task.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def _sft(micro, data, out, ckpt=None, kill_after=None):
+    argv = [sys.executable, "-m", "experiments.rft.sft", "--model", str(micro), "--data", str(data),
+            "--out-dir", str(out), "--lr", "3e-3", "--lr-scheduler", "cosine", "--epochs", "3", "--batch-size", "4",
+            "--max-prompt-tokens", "16", "--max-target-tokens", "8", "--precision", "fp32", "--device", "cpu",
+            "--threads", "1", "--seed", "5"]
+    if ckpt is not None:
+        argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "4"]
+    env = dict(os.environ)
+    env.pop(checkpoint.KILL_ENV, None)
+    if kill_after is not None:
+        env[checkpoint.KILL_ENV] = str(kill_after)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_killed_sft_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
+    ref = _sft(micro, data, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / "run"
+    killed = _sft(micro, data, out, ckpt, kill_after=8)  # 18 steps; saves at 4, 8, 12, 16
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "summary.json").exists()  # nothing looks complete
+    assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-8"]  # outside the run folder, newest only
+
+    resumed = _sft(micro, data, out, ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["resumed_from"].endswith("checkpoint-8") and s["steps"] == 18
+    assert not ckpt.exists()  # removed once the outputs are written
+
+    a, b = load_file(tmp_path / "ref/model/model.safetensors"), load_file(out / "model/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    la, lb = pd.read_csv(tmp_path / "ref/train_log.csv"), pd.read_csv(out / "train_log.csv")
+    assert list(la.step) == list(lb.step) == list(range(1, 19))
+    pd.testing.assert_series_equal(la.loss, lb.loss)
+    # and the checkpoint was taken mid-way: the weights there differ from the end
+    assert json.loads((tmp_path / "ref/summary.json").read_text())["loss_last"] == s["loss_last"]

@@ -1,0 +1,50 @@
+# The headline summary: one row per claim of the two papers (experiments/summary.py).
+rule summary_table:
+    # one row per claim of the two papers: the paper's number, ours at this scale, and whether it shows
+    input:
+        [f for f in final_outputs() if not os.path.basename(f).startswith(("summary.", "table_runtime."))],
+    output:
+        figure_outputs("summary", (".csv", ".md"), "suite"),
+    log:
+        "logs/{scale}/summary_table.log",
+    benchmark:
+        "benchmarks/{scale}/summary_table.tsv",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.summary --scale {wildcards.scale} > {log} 2>&1"
+
+
+rule summary:
+    # `snakemake summary`: build the summary table if needed and print it (no output: runs when asked)
+    input:
+        f"figures/{SCALE}/summary.md",
+    log:
+        f"logs/{SCALE}/summary.log",
+    localrule: True
+    conda:
+        ENV
+    shell:
+        "cat {input} | tee {log}"
+
+
+rule runtime_table:
+    # wall time and peak RSS per rule and branch, from every job's benchmark file (issue: performance)
+    input:
+        [f for f in final_outputs() if not os.path.basename(f).startswith(("summary.", "table_runtime."))],
+    output:
+        figure_outputs("table_runtime", (".csv", ".md"), "suite"),
+    log:
+        "logs/{scale}/runtime_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.runtime --scale {wildcards.scale} > {log} 2>&1"
