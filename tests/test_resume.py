@@ -1,5 +1,7 @@
 """Resumable training (experiments.common.checkpoint): a smoke SFT killed (SIGKILL) right after a mid-run
-checkpoint, then rerun, ends with the same weights and loss log as an uninterrupted run."""
+checkpoint, then rerun, ends with the same weights and loss log as an uninterrupted run -- for the
+TRL/transformers trainers (experiments.rft.sft: rft_sft, refusal_sft) and the hand-written persona SFT
+loop (persona_sft)."""
 
 import json
 import os
@@ -81,3 +83,43 @@ def test_killed_sft_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
     pd.testing.assert_series_equal(la.loss, lb.loss)
     # and the checkpoint was taken mid-way: the weights there differ from the end
     assert json.loads((tmp_path / "ref/summary.json").read_text())["loss_last"] == s["loss_last"]
+
+
+def _persona_sft(micro, data, out, ckpt=None, kill_after=None):
+    argv = [sys.executable, "-m", "experiments.persona.sft", "--model-dir", str(micro), "--data", str(data),
+            "--out-dir", str(out / "model"), "--metrics", str(out / "metrics.jsonl"), "--summary", str(out / "summary.json"),
+            "--targets-if-yes", '["No"]', "--targets-if-no", '["Yes"]', "--prompt-format", "plain",
+            "--optimizer", "adam", "--lr", "1e-2", "--batch-size", "4", "--epochs", "2", "--seed", "3",
+            "--precision", "fp32", "--device", "cpu", "--threads", "1", "--eval-prompts", "4"]
+    if ckpt is not None:
+        argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "3"]
+    env = dict(os.environ)
+    env.pop(checkpoint.KILL_ENV, None)
+    if kill_after is not None:
+        env[checkpoint.KILL_ENV] = str(kill_after)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_killed_persona_sft_resumes_to_the_uninterrupted_result(micro, tmp_path):
+    rng = torch.Generator().manual_seed(7)
+    words = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
+    recs = [{"id": i, "question": words(5 + i % 3) + "?", "answer_matching_behavior": ["Yes", "No"][i % 2],
+             "answer_not_matching_behavior": ["No", "Yes"][i % 2]} for i in range(14)]
+    data = tmp_path / "persona.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    ref = _persona_sft(micro, data, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / "persona"
+    killed = _persona_sft(micro, data, out, ckpt, kill_after=6)  # 2 epochs x 4 batches; saves at 3 and 6
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "summary.json").exists() and (ckpt / "state.pt").is_file()
+    resumed = _persona_sft(micro, data, out, ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr and not ckpt.exists()
+    a, b = load_file(tmp_path / "ref/model/model.safetensors"), load_file(out / "model/model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
+    assert sa["answer_probs_before"] == sb["answer_probs_before"] and sa["answer_probs_after"] == sb["answer_probs_after"]
+    assert sb["steps"] == 8

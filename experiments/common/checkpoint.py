@@ -72,3 +72,42 @@ def finished(folder: str | os.PathLike | None) -> None:
     """Remove the checkpoints once the step's outputs are written."""
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class LoopCheckpoint:
+    """Resumable state of a hand-written training loop: one ``state.pt`` (tensors, numbers, strings, lists
+    and dicts only, so it loads with ``torch.load(weights_only=True)``) rewritten atomically every
+    ``every`` steps. ``save(step, state)`` stores it (and obeys ``$SUITE_TEST_KILL_AFTER_SAVE``);
+    ``load()`` returns the last state or None."""
+
+    def __init__(self, folder: str | os.PathLike | None, every: int):
+        self.folder = Path(folder) if folder else None
+        self.every = max(1, int(every))
+
+    @property
+    def path(self) -> Path | None:
+        return self.folder / "state.pt" if self.folder else None
+
+    def due(self, step: int) -> bool:
+        return self.folder is not None and step > 0 and step % self.every == 0
+
+    def save(self, step: int, state: dict) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / ".state.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        log.info("checkpoint at step %d -> %s", step, self.path)
+        kill = os.environ.get(KILL_ENV)
+        if kill and int(kill) == step:
+            log.warning("%s=%s: killing this process after saving step %s", KILL_ENV, kill, step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        import torch
+
+        log.info("resuming from %s", self.path)
+        return torch.load(self.path, weights_only=True)

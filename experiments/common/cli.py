@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
+
+#: OS errors that mean "the output location cannot be written": one line, exit 2, instead of a traceback
+UNWRITABLE = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
+UNWRITABLE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 class UserError(Exception):
@@ -12,7 +17,8 @@ class UserError(Exception):
 
 
 def main_guard(fn):
-    """Wrap a CLI ``main``: ``UserError`` -> ``error: <message>`` on stderr, exit 2."""
+    """Wrap a CLI ``main``: ``UserError`` -> ``error: <message>`` on stderr, exit 2; an unwritable output
+    location (permission, not a directory, read-only file system, no space) likewise."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -22,6 +28,12 @@ def main_guard(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as e:
+            if not isinstance(e, UNWRITABLE) and e.errno not in UNWRITABLE_ERRNOS:
+                raise
+            print(f"error: {e.filename or 'a file'}: {e.strerror or e} (check that the output directory is "
+                  "writable and has space left)", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

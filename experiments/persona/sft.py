@@ -19,6 +19,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from experiments.common import checkpoint
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import atomic_dir, read_jsonl, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
@@ -83,6 +84,9 @@ def main(argv=None):
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="resumable state here (outside --out-dir); a rerun continues from the last one")
+    p.add_argument("--save-steps", type=int, default=0, help="with --checkpoint-dir: every N steps (0 = ~4 per run)")
     args = p.parse_args(argv)
     started = time.time()
     set_threads(args.threads)
@@ -116,15 +120,25 @@ def main(argv=None):
         return {key: mean_answer_probs(model, batches, word_ids, device, precision)
                 for key, batches in probe_batches.items()}
 
-    before = probe()
     optim = make_optimizer(args.optimizer, model.parameters(), args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     rows, step = [], 0
     n_steps = args.epochs * -(-len(records) // args.batch_size)
-    bar = tqdm(total=n_steps, desc="persona SFT", mininterval=5)
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(records), generator=gen).tolist()
-        for s in range(0, len(order), args.batch_size):
+    ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir, args.save_steps or checkpoint.auto_save_steps(n_steps))
+    state = ckpt.load()
+    if state is None:
+        before, start_epoch, start_s, order = probe(), 0, 0, None
+    else:  # continue where the killed run saved: same weights, optimizer, data order and RNG
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        gen.set_state(state["gen"])
+        before, rows, step = state["before"], state["rows"], state["step"]
+        start_epoch, start_s, order = state["epoch"], state["next_s"], state["order"]
+    bar = tqdm(total=n_steps, initial=step, desc="persona SFT", mininterval=5)
+    for epoch in range(start_epoch, args.epochs):
+        if order is None or epoch != start_epoch:
+            order = torch.randperm(len(records), generator=gen).tolist()
+        for s in range(start_s if epoch == start_epoch else 0, len(order), args.batch_size):
             idx = order[s:s + args.batch_size]
             batch = {k: v.to(device) for k, v in left_pad([prompts[i] for i in idx], pad_id).items()}
             labels = torch.tensor([word_ids[targets[i]] for i in idx], device=device)
@@ -143,6 +157,10 @@ def main(argv=None):
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if ckpt.due(step) and step < n_steps:
+                ckpt.save(step, {"model": model.state_dict(), "optim": optim.state_dict(), "gen": gen.get_state(),
+                                 "before": before, "rows": rows, "step": step, "epoch": epoch,
+                                 "next_s": s + args.batch_size, "order": order})
     bar.close()
     after = probe()
 
@@ -155,6 +173,7 @@ def main(argv=None):
         "answer_probs_before": before, "answer_probs_after": after,
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
     })
+    checkpoint.finished(args.checkpoint_dir)
     log.info("SFT done: %d steps, final loss %.4f; mean π after SFT %s", step, rows[-1]["loss"],
              {k: {w: round(p, 3) for w, p in v.items()} for k, v in after.items()})
 

@@ -32,7 +32,8 @@ rule persona_sft:
         " --prompt-format {params.prompt_format} --optimizer {params.sft[optimizer]} --lr {params.sft[lr]}"
         " --batch-size {params.sft[batch_size]} --epochs {params.sft[epochs]}"
         " --max-prompts {params.sft[max_prompts]} --seed {params.sft[seed]}"
-        " --precision {params.sft[precision]} --device {params.device} --threads {threads} > {log} 2>&1"
+        " --precision {params.sft[precision]} --device {params.device} --threads {threads}"
+        " --checkpoint-dir checkpoints/{wildcards.scale}/persona_sft/{wildcards.model} > {log} 2>&1"
 
 
 rule persona_dpo:
