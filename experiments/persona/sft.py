@@ -21,8 +21,20 @@ from tqdm import tqdm
 
 from experiments.common import checkpoint
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import atomic_dir, read_jsonl, run_manifest, write_json, write_jsonl
-from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
+from experiments.common.io import (
+    atomic_dir,
+    read_jsonl,
+    run_manifest,
+    write_json,
+    write_jsonl,
+)
+from experiments.common.torchutil import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    set_seed,
+    set_threads,
+)
 from experiments.models.load import load_causal_lm, load_tokenizer
 from experiments.persona.losses import next_token_logprobs
 from experiments.persona.prompts import encode_prompt, left_pad
