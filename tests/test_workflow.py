@@ -354,15 +354,52 @@ def _tables(root):
     return out
 
 
-def test_smoke_dag_twice_gives_identical_tables_and_another_seed_changes_them(smoke_run, tmp_path_factory):
-    """Issue 10 determinism: the whole smoke DAG run again in a fresh directory gives byte-identical CSVs
-    and tables (wall-time columns aside); a different persona seed changes the persona table."""
+def _run_until_then_kill(work, env, pattern, timeout=600):
+    """Start the smoke DAG in ``work``; SIGKILL its whole process group as soon as a log matching ``pattern``
+    appears (that job has started). Returns the log path that triggered the kill, or None if the run ended."""
+    import signal
+    import time
+
+    # a SIGKILLed snakemake leaves its lock behind: the user's next step is `snakemake --unlock`, then rerun
+    assert snakemake("--unlock", "--config", "scale=smoke", "--directory", str(work)).returncode == 0
+    before = set(work.glob(pattern))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", "--config", "scale=smoke",
+           "--directory", str(work)]
+    full_env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env)
+    proc = subprocess.Popen(cmd, cwd=work, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            new = set(work.glob(pattern)) - before
+            if new:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return sorted(new)[0]
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return None
+
+
+def test_smoke_dag_killed_three_times_then_rerun_gives_identical_tables(smoke_run, tmp_path_factory):
+    """Issue 10: SIGKILL `snakemake --cores 2` (and its jobs) during model preparation, during a training rule
+    and during an aggregate rule, rerunning after each; the run completes and every CSV and table is
+    byte-identical (wall-time columns aside) to the uninterrupted smoke run. Also the determinism check:
+    a second run gives the same tables; a different persona seed changes them."""
     mirror = os.environ.get("SUITE_DATA_MIRROR") or str(REPO.parent / "shared" / "data")
     env = {"SUITE_DATA_MIRROR": mirror, "HF_HUB_OFFLINE": "1"}
-    again = tmp_path_factory.mktemp("smoke_again")
-    r = snakemake("--cores", "2", "--config", "scale=smoke", "--directory", str(again), env_extra=env)
+    work = tmp_path_factory.mktemp("smoke_killed")
+    killed = [_run_until_then_kill(work, env, pattern) for pattern in
+              ("logs/prepare_model/*.log", "logs/smoke/persona_dpo/**/*.log", "logs/smoke/persona_aggregate.log")]
+    assert all(killed), killed  # each kill hit a running job of that rule
+    # a killed job's outputs never look complete: the rerun redoes them (rerun-incomplete in the default profile)
+    assert snakemake("--unlock", "--config", "scale=smoke", "--directory", str(work)).returncode == 0
+    r = snakemake("--cores", "2", "--config", "scale=smoke", "--directory", str(work), env_extra=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    first, second = _tables(smoke_run), _tables(again)
+    first, second = _tables(smoke_run), _tables(work)
     assert first.keys() == second.keys() and len(first) > 20
     differ = [k for k in first if first[k] != second[k]]
     assert not differ, differ
