@@ -24,7 +24,7 @@ SCALES = ("smoke", "tiny", "paper")
 BRANCHES = [  # (rule-name prefix, branch)
     ("prepare_model", "models"),
     ("prepare_persona", "P2 §3 persona"), ("persona_", "P2 §3 persona"),
-    ("theorem1_", "P1 theory"), ("controlled_", "P1 theory"), ("theory_", "P1 theory"),
+    ("theorem1", "P1 theory"), ("controlled_", "P1 theory"), ("theory_", "P1 theory"),
     ("prepare_grue_task", "P1 GRUE reward statistics"), ("train_sentiment_reward", "P1 GRUE reward statistics"),
     ("reward_stats", "P1 GRUE reward statistics"), ("rft_stats_figures", "P1 GRUE reward statistics"),
     ("rft_", "P1 GRUE finetuning"),
@@ -45,13 +45,12 @@ def collect(root: Path, scale: str) -> pd.DataFrame:
     """One row per benchmark file of ``scale`` (and the scale-free rules): rule, job, s, max_rss, cpu_time."""
     rows = []
     for f in sorted(root.rglob("*.tsv")):
-        parts = f.relative_to(root).parts
-        if parts[0] in SCALES:
-            if parts[0] != scale or len(parts) < 3:
+        parts = f.relative_to(root).with_suffix("").parts
+        if parts[0] in SCALES:  # benchmarks/<scale>/<rule>.tsv or benchmarks/<scale>/<rule>/<job>.tsv
+            if parts[0] != scale or len(parts) < 2:
                 continue
-            rule, job = parts[1], "/".join(parts[2:])
-        else:
-            rule, job = parts[0], "/".join(parts[1:])
+            parts = parts[1:]
+        rule, job = parts[0], "/".join(parts[1:]) or parts[0]  # scale-free rules: benchmarks/<rule>[/<job>].tsv
         try:
             b = pd.read_csv(f, sep="\t")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -61,7 +60,7 @@ def collect(root: Path, scale: str) -> pd.DataFrame:
             raise UserError(f"{f}: not a Snakemake benchmark file (no {', '.join(sorted(missing)) or 'rows'})")
         last = b.iloc[-1]
         rss = pd.to_numeric(last["max_rss"], errors="coerce")
-        rows.append({"rule": rule, "job": job[:-4], "s": float(last["s"]), "max_rss_mb": rss,
+        rows.append({"rule": rule, "job": job, "s": float(last["s"]), "max_rss_mb": rss,
                      "cpu_time_s": float(pd.to_numeric(last.get("cpu_time", float("nan")), errors="coerce"))})
     return pd.DataFrame(rows, columns=["rule", "job", "s", "max_rss_mb", "cpu_time_s"])
 

@@ -35,6 +35,7 @@ rule ches_score:
     params:
         c=CHES,
         device=config["device"],
+    priority: 5  # gates many jobs: start it early
     threads: 2
     resources:
         mem_mb=8000,

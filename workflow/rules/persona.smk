@@ -19,6 +19,7 @@ rule persona_sft:
         targets_if_no=json.dumps(PERSONA["sft"]["targets_if_no"]),
         prompt_format=PERSONA["prompt_format"],
         device=config["device"],
+    priority: 5  # gates many jobs: start it early
     threads: 2
     resources:
         mem_mb=8000,

@@ -88,6 +88,7 @@ rule refusal_sft:
         out_dir=subpath(output.summary, parent=True),
         precision=REFUSAL["precision"],
         device=config["device"],
+    priority: 5  # gates many jobs: start it early
     threads: 2
     resources:
         mem_mb=8000,
