@@ -45,3 +45,28 @@ def test_remote_code_only_from_a_config_entry():
                     assert '"trust_remote_code"' in src, f"{path.name}:{node.lineno}: trust_remote_code from an unknown source"
     schema = (REPO / "workflow/schemas/config.schema.yaml").read_text()
     assert "trust_remote_code" in schema
+
+
+def test_model_weights_are_loaded_as_safetensors_only():
+    """Every ``<Model class>.from_pretrained(...)`` passes ``use_safetensors=True`` (no pickle checkpoints);
+    tokenizers and configs carry no weights."""
+    missing = []
+    for path in SOURCES:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for name, node in _calls(tree):
+            if not name.endswith(".from_pretrained"):
+                continue
+            owner = name[: -len(".from_pretrained")]
+            if "Tokenizer" in owner or "Config" in owner:
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            ok = isinstance(kw.get("use_safetensors"), ast.Constant) and kw["use_safetensors"].value is True
+            # the one conversion step, experiments/models/prepare.py, writes the safetensors every later load
+            # reads: from a sha256-checked GGUF, or from the Hub, where transformers reads a .bin only with
+            # torch.load(weights_only=True) (some of the paper's 2021-22 repos ship no safetensors)
+            if path.name == "prepare.py" and ("gguf_file" in kw or "trust_remote_code" in ast.unparse(node)
+                                              or any(k.arg is None for k in node.keywords)):
+                ok = True
+            if not ok:
+                missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {name}")
+    assert not missing, "\n".join(missing)

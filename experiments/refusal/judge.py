@@ -322,7 +322,8 @@ class SorryBenchJudge:
 
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    self.model_dir, dtype=getattr(torch, self.dtype), token=hf_token()).to(device).eval()
+                    self.model_dir, dtype=getattr(torch, self.dtype), token=hf_token(),
+                    use_safetensors=True).to(device).eval()
 
     def generate(self, texts: Sequence[str]) -> list[str]:
         """Greedy continuations (``max_new_tokens``) of already-wrapped inputs, in batches."""
