@@ -123,3 +123,47 @@ def test_killed_persona_sft_resumes_to_the_uninterrupted_result(micro, tmp_path)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
     assert sa["answer_probs_before"] == sb["answer_probs_before"] and sa["answer_probs_after"] == sb["answer_probs_after"]
     assert sb["steps"] == 8
+
+
+def test_killed_multi_seed_dpo_restores_finished_seeds(micro, tmp_path):
+    """ches_dpo / refusal_arm train several seeds in one process; a job killed after seed 0 was stored
+    does not retrain it on the rerun, and every seed's files equal an uninterrupted run's."""
+    rng = torch.Generator().manual_seed(1)
+    words = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))  # noqa: E731
+    recs = [{"id": f"r{i}", "prompt": words(6 + i), "chosen": words(4 + i % 3), "rejected": words(5 + i % 2)}
+            for i in range(10)]
+    data, scores = tmp_path / "prefs.jsonl", tmp_path / "scores.csv"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    scores.write_text("id,ches\n" + "".join(f"r{i},{i}\n" for i in range(10)))
+
+    def dpo(out, ckpt=None, kill=None):
+        argv = [sys.executable, "-m", "experiments.ches.dpo", "--model", str(micro), "--data", str(data),
+                "--scores", str(scores), "--out-dir", str(out / "seed~{seed}"), "--quantile", "1", "--subset-size", "8",
+                "--seed", "0", "1", "--lr", "1e-3", "--batch-size", "4", "--max-prompt-tokens", "16",
+                "--max-response-tokens", "8", "--precision", "fp32", "--device", "cpu", "--threads", "1"]
+        if ckpt is not None:
+            argv += ["--checkpoint-dir", str(ckpt)]
+        env = {k: v for k, v in os.environ.items() if k != checkpoint.KILL_ENV}
+        if kill:
+            env[checkpoint.KILL_ENV] = kill
+        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    ref = dpo(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / "dpo"
+    killed = dpo(out, ckpt, kill="seed~0")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "seed~1").exists() and (ckpt / "seed~0" / ".complete").is_file()
+    import shutil
+
+    shutil.rmtree(out)  # Snakemake deletes a killed job's outputs before rerunning it
+    resumed = dpo(out, ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "seed 0 finished before the job was interrupted" in resumed.stderr and not ckpt.exists()
+    assert resumed.stderr.count("Δ ln π(y+)") == 1  # only seed 1 trained
+    for seed in (0, 1):
+        a, b = (json.loads((d / f"seed~{seed}" / "summary.json").read_text()) for d in (tmp_path / "ref", out))
+        for key in ("delta_logp_chosen", "delta_logp_rejected", "train_losses", "logp_chosen_before", "n"):
+            assert a[key] == b[key], (seed, key)
+        assert (out / f"seed~{seed}" / "per_example.csv").read_text() == \
+            (tmp_path / "ref" / f"seed~{seed}" / "per_example.csv").read_text()

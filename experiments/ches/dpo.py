@@ -315,18 +315,27 @@ def run(args) -> list[dict]:
     for r, a, b in zip(base_rows, c0_all.tolist(), r0_all.tolist()):
         r["ref_chosen_logps"], r["ref_rejected_logps"] = a, b
 
-    summaries = []
-    for k_seed, seed in enumerate(args.seed):
+    from experiments.common import checkpoint
+    from experiments.common.io import read_json
+
+    cache = checkpoint.SeedCache(args.checkpoint_dir)
+    summaries, fresh = [], True  # fresh: the loaded model has not been trained yet
+    for seed in args.seed:
         seed_started = time.time()
-        if k_seed:
+        out_dir = out_dirs[seed]
+        if cache.done(seed):  # finished before this job was killed: its files come back, no retraining
+            cache.restore(seed, out_dir)
+            summaries.append(read_json(out_dir / "summary.json"))
+            continue
+        if not fresh:
             del model
             model = load_model()
+        fresh = False
         set_seed(seed)
         # the seed orders the subset (the trainer shuffles it again with the same seed)
         perm = torch.randperm(len(base_rows), generator=torch.Generator().manual_seed(seed)).tolist()
         rows = [dict(base_rows[i]) for i in perm]
         c0, r0 = c0_all[perm], r0_all[perm]
-        out_dir = out_dirs[seed]
         out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".trainer.", dir=out_dir))
         t_train = time.time()
@@ -366,7 +375,7 @@ def run(args) -> list[dict]:
             "train_losses": [float(x) for x in losses], "steps": result["steps"],
             "train_seconds": round(train_s, 3),
             "seconds_per_step": round(train_s / max(result["steps"], 1), 3),
-            "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if k_seed else started,
+            "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if summaries else started,
                                      threads=args.threads, model=str(args.model), data=str(args.data),
                                      scores=str(args.scores), seeds_in_process=list(args.seed)),
         }
@@ -376,6 +385,8 @@ def run(args) -> list[dict]:
                  summary["delta_logp_chosen"], summary["delta_logp_rejected"], losses[0], losses[-1],
                  summary["seconds_per_step"])
         summaries.append(summary)
+        cache.store(seed, out_dir)
+    checkpoint.finished(args.checkpoint_dir)
     return summaries
 
 
@@ -399,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-response-tokens", type=int, default=128, help="keep the START of responses (0 = all)")
     p.add_argument("--no-eos", action="store_true", help="do not append EOS to untruncated responses")
     p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="finished seeds are kept here too (outside --out-dir); a rerun restores them, not retrains")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", required=True,

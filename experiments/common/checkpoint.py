@@ -111,3 +111,35 @@ class LoopCheckpoint:
 
         log.info("resuming from %s", self.path)
         return torch.load(self.path, weights_only=True)
+
+
+class SeedCache:
+    """Finished seeds of a multi-seed job (``--seed 0 1 2`` in one process). Each seed's run folder is a
+    declared output, which Snakemake deletes when it reruns a killed job; so once a seed's files are
+    written they are also copied here, and a rerun restores them instead of training that seed again.
+    ``$SUITE_TEST_KILL_AFTER_SAVE=seed~N`` SIGKILLs the process right after seed N is stored."""
+
+    def __init__(self, folder: str | os.PathLike | None):
+        self.folder = Path(folder) if folder else None
+
+    def _dir(self, seed: int) -> Path:
+        return self.folder / f"seed~{seed}"
+
+    def done(self, seed: int) -> bool:
+        return self.folder is not None and (self._dir(seed) / ".complete").is_file()
+
+    def store(self, seed: int, out_dir: str | os.PathLike) -> None:
+        if self.folder is None:
+            return
+        dest = self._dir(seed)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(out_dir, dest, ignore=shutil.ignore_patterns(".trainer.*"))
+        (dest / ".complete").write_text("")
+        label = f"seed~{seed}"
+        if os.environ.get(KILL_ENV) == label:
+            log.warning("%s=%s: killing this process after storing %s", KILL_ENV, label, label)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def restore(self, seed: int, out_dir: str | os.PathLike) -> None:
+        log.info("seed %d finished before the job was interrupted: restoring it from %s", seed, self._dir(seed))
+        shutil.copytree(self._dir(seed), out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))

@@ -418,14 +418,23 @@ def run(args) -> list[dict]:
             r["ref_chosen_logps"], r["ref_rejected_logps"] = a, b
         log.info("%s: %d training pairs, mean ln π(y+) before %.4f", arm, len(base_rows), float(c0_all.mean()))
 
-    summaries = []
-    for k_seed, seed in enumerate(args.seed):
+    from experiments.common import checkpoint
+    from experiments.common.io import read_json
+
+    cache = checkpoint.SeedCache(args.checkpoint_dir)
+    summaries, fresh = [], True  # fresh: the loaded model has not been trained yet
+    for seed in args.seed:
         seed_started = time.time()
-        if k_seed and not args.eval_only and not skipped:
+        out_dir = out_dirs[seed]
+        if cache.done(seed):  # finished before this job was killed: its files come back, no retraining
+            cache.restore(seed, out_dir)
+            summaries.append(read_json(out_dir / "summary.json"))
+            continue
+        if not fresh and not args.eval_only and not skipped:
             del model
             model = load_model()
+        fresh = False
         set_seed(seed)
-        out_dir = out_dirs[seed]
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = {"arm": arm, "seed": seed, "n_pairs": len(base_rows), "lr": None if args.eval_only else lr,
                    "beta": args.beta, "sft_coef": args.sft_coef if arm == "dpo_sft" else None,
@@ -478,7 +487,7 @@ def run(args) -> list[dict]:
             "refusal_rate_train": ev["rates"]["train"], "refusal_rate_test": ev["rates"]["test"],
             "n_prompts_train": len(prompts["train"]), "n_prompts_test": len(prompts["test"]),
             "judge_unparsed": ev["unparsed"], "eval_seconds": round(time.time() - t_eval, 3),
-            "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if k_seed else started,
+            "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if summaries else started,
                                      threads=args.threads, model=str(args.model), pairs=str(args.pairs),
                                      gold_pairs=args.gold_pairs, ches_scores=args.ches_scores,
                                      seeds_in_process=list(args.seed)),
@@ -488,6 +497,8 @@ def run(args) -> list[dict]:
         log.info("%s seed=%d: refusal rate train %s test %s -> %s", arm, seed, ev["rates"]["train"],
                  ev["rates"]["test"], out_dir)
         summaries.append(summary)
+        cache.store(seed, out_dir)
+    checkpoint.finished(args.checkpoint_dir)
     return summaries
 
 
@@ -528,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="finished seeds are kept here too (outside --out-dir); a rerun restores them, not retrains")
     p.add_argument("--out-dir", required=True,
                    help="run folder; must contain '{seed}' (formatted per seed) when several seeds are given")
     return p

@@ -89,6 +89,7 @@ rule ches_dpo:
         " --batch-size {params.d[batch_size]} --epochs {params.d[epochs]} --prompt-format {params.c[prompt_format]}"
         " --max-prompt-tokens {params.c[max_prompt_tokens]} --max-response-tokens {params.c[max_response_tokens]}"
         " --precision {params.d[precision]} --device {params.device} --threads {threads}"
+        " --checkpoint-dir checkpoints/{wildcards.scale}/ches_dpo/{wildcards.model}/{wildcards.dataset_pref}/{wildcards.ches_loss}/{wildcards.measure}/q~{wildcards.quantile}"
         " --out-dir {params.out_dir:q} > {log} 2>&1"
 
 

@@ -211,7 +211,9 @@ rule refusal_arm:
         ENV
     shell:
         "python -m experiments.refusal.arms --model {input.model} --pairs {input.pairs} {params.args}"
-        " --seed {params.seeds} --device {params.device} --threads {threads} --out-dir {params.out_dir:q} > {log} 2>&1"
+        " --seed {params.seeds} --device {params.device} --threads {threads}"
+        " --checkpoint-dir checkpoints/{wildcards.scale}/refusal_arm/{wildcards.model}/{wildcards.refusal_arm}"
+        " --out-dir {params.out_dir:q} > {log} 2>&1"
 
 
 rule refusal_initial:
