@@ -185,14 +185,18 @@ def test_slurm_profile_plans_paper_scale():
         assert {"mem_mb", "runtime"} <= set(profile["set-resources"][rule])
 
 
+SENTINEL_TOKEN = "hf_SentinelTokenThatMustNeverAppearAnywhere"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     mirror = os.environ.get("SUITE_DATA_MIRROR") or str(REPO.parent / "shared" / "data")
     if not Path(mirror, "persona").is_dir():
         pytest.skip("no data mirror (set SUITE_DATA_MIRROR)")
     work = tmp_path_factory.mktemp("smoke")
+    # a sentinel token in the environment of the whole run: test_no_token_in_any_output looks for it
     r = snakemake("--cores", "2", "--config", "scale=smoke", "--directory", str(work),
-                  env_extra={"SUITE_DATA_MIRROR": mirror, "HF_HUB_OFFLINE": "1"})
+                  env_extra={"SUITE_DATA_MIRROR": mirror, "HF_HUB_OFFLINE": "1", "HF_TOKEN": SENTINEL_TOKEN})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return work
 
@@ -409,6 +413,14 @@ def test_smoke_dag_killed_three_times_then_rerun_gives_identical_tables(smoke_ru
                   "--directory", str(other), "figures/smoke/table_persona.csv", env_extra=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (other / "figures/smoke/table_persona.csv").read_text() != (smoke_run / "figures/smoke/table_persona.csv").read_text()
+
+
+def test_no_token_in_any_output(smoke_run):
+    """The HF token given to the whole smoke run appears in no log, result, figure or Snakemake file."""
+    files = [f for f in smoke_run.rglob("*") if f.is_file()]
+    assert len(files) > 100
+    leaks = [str(f.relative_to(smoke_run)) for f in files if SENTINEL_TOKEN.encode() in f.read_bytes()]
+    assert not leaks, leaks
 
 
 def test_smoke_rerun_has_nothing_to_do(smoke_run):
