@@ -43,6 +43,14 @@ def data(tmp_path_factory):
     return path
 
 
+def _run(argv, kill_after=None):
+    """Run a training CLI; with ``kill_after`` it SIGKILLs itself after that checkpoint (step or ``seed~N``)."""
+    env = {k: v for k, v in os.environ.items() if k != checkpoint.KILL_ENV}
+    if kill_after is not None:
+        env[checkpoint.KILL_ENV] = str(kill_after)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
 def _sft(micro, data, out, ckpt=None, kill_after=None):
     argv = [sys.executable, "-m", "experiments.rft.sft", "--model", str(micro), "--data", str(data),
             "--out-dir", str(out), "--lr", "3e-3", "--lr-scheduler", "cosine", "--epochs", "3", "--batch-size", "4",
@@ -50,11 +58,7 @@ def _sft(micro, data, out, ckpt=None, kill_after=None):
             "--threads", "1", "--seed", "5"]
     if ckpt is not None:
         argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "4"]
-    env = dict(os.environ)
-    env.pop(checkpoint.KILL_ENV, None)
-    if kill_after is not None:
-        env[checkpoint.KILL_ENV] = str(kill_after)
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return _run(argv, kill_after)
 
 
 def test_killed_sft_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
@@ -93,11 +97,7 @@ def _persona_sft(micro, data, out, ckpt=None, kill_after=None):
             "--precision", "fp32", "--device", "cpu", "--threads", "1", "--eval-prompts", "4"]
     if ckpt is not None:
         argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "3"]
-    env = dict(os.environ)
-    env.pop(checkpoint.KILL_ENV, None)
-    if kill_after is not None:
-        env[checkpoint.KILL_ENV] = str(kill_after)
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return _run(argv, kill_after)
 
 
 def test_killed_persona_sft_resumes_to_the_uninterrupted_result(micro, tmp_path):
@@ -143,10 +143,7 @@ def test_killed_multi_seed_dpo_restores_finished_seeds(micro, tmp_path):
                 "--max-response-tokens", "8", "--precision", "fp32", "--device", "cpu", "--threads", "1"]
         if ckpt is not None:
             argv += ["--checkpoint-dir", str(ckpt)]
-        env = {k: v for k, v in os.environ.items() if k != checkpoint.KILL_ENV}
-        if kill:
-            env[checkpoint.KILL_ENV] = kill
-        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        return _run(argv, kill)
 
     ref = dpo(tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-2000:]

@@ -140,6 +140,13 @@ class SeedCache:
             log.warning("%s=%s: killing this process after storing %s", KILL_ENV, label, label)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def restore(self, seed: int, out_dir: str | os.PathLike) -> None:
+    def restore(self, seed: int, out_dir: str | os.PathLike) -> dict | None:
+        """If ``seed`` finished before the job was interrupted: copy its files back into ``out_dir`` and
+        return its ``summary.json``; else None (train it)."""
+        if not self.done(seed):
+            return None
         log.info("seed %d finished before the job was interrupted: restoring it from %s", seed, self._dir(seed))
         shutil.copytree(self._dir(seed), out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
+        from experiments.common.io import read_json
+
+        return read_json(Path(out_dir) / "summary.json")

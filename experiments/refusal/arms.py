@@ -419,16 +419,15 @@ def run(args) -> list[dict]:
         log.info("%s: %d training pairs, mean ln π(y+) before %.4f", arm, len(base_rows), float(c0_all.mean()))
 
     from experiments.common import checkpoint
-    from experiments.common.io import read_json
 
     cache = checkpoint.SeedCache(args.checkpoint_dir)
     summaries, fresh = [], True  # fresh: the loaded model has not been trained yet
     for seed in args.seed:
         seed_started = time.time()
         out_dir = out_dirs[seed]
-        if cache.done(seed):  # finished before this job was killed: its files come back, no retraining
-            cache.restore(seed, out_dir)
-            summaries.append(read_json(out_dir / "summary.json"))
+        restored = cache.restore(seed, out_dir)  # finished before this job was killed: no retraining
+        if restored is not None:
+            summaries.append(restored)
             continue
         if not fresh and not args.eval_only and not skipped:
             del model
