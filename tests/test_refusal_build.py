@@ -18,17 +18,6 @@ WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "tree", "
 
 # ------------------------------------------------------------------------------------------ fixtures
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    from experiments.models.prepare import prepare_model
-
-    d = tmp_path_factory.mktemp("refusal_build") / "m"
-    prepare_model("micro-llama", {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32,
-                                  "num_heads": 4, "intermediate_size": 64, "vocab_size": 400, "seed": 0,
-                                  "single_token_words": ["Yes", "No"]}, d)
-    return d
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     import torch

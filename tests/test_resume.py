@@ -22,17 +22,6 @@ WORDS = "the a cat dog sat ran on under mat tree red blue big small it is was an
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    from experiments.models.prepare import prepare_model
-
-    d = tmp_path_factory.mktemp("resume") / "llama"
-    prepare_model("micro-llama", {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32,
-                                  "num_heads": 4, "intermediate_size": 64, "vocab_size": 400, "seed": 0,
-                                  "single_token_words": ["Yes", "No"]}, d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     rng = torch.Generator().manual_seed(3)
     text = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))

@@ -26,17 +26,6 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    from experiments.models.prepare import prepare_model
-
-    d = tmp_path_factory.mktemp("rft_trl") / "m"
-    prepare_model("micro-llama", {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32,
-                                  "num_heads": 4, "intermediate_size": 64, "vocab_size": 400, "seed": 0,
-                                  "single_token_words": ["Yes", "No"]}, d)
-    return d
-
-
 @pytest.fixture
 def lm(micro):
     from experiments.models.load import load_causal_lm, load_tokenizer
