@@ -80,14 +80,67 @@ def rank_quintiles(values) -> list[int]:
     return q
 
 
-@main_guard
-def main(argv=None) -> None:
-    from scipy.stats import spearmanr
+def official_shape_seconds(model, encs) -> float:
+    """Seconds for the official procedure's shape: per record, two unpadded fp32 forwards of the full causal
+    LM (LM head included) with ``output_hidden_states=True``, then the scores from the last hidden states."""
+    from experiments.ches.scorer import scores_from_hidden
 
-    from experiments.ches.scorer import encode_record, score_file, scores_from_hidden
-    from experiments.common.torchutil import set_threads
+    with torch.no_grad():
+        e0 = encs[0]
+        model(input_ids=torch.tensor([e0.prompt + e0.chosen]), output_hidden_states=True)  # warm-up
+        t = time.perf_counter()
+        for e in encs:
+            hp = model(input_ids=torch.tensor([e.prompt + e.chosen]), output_hidden_states=True).hidden_states[-1][0]
+            hn = model(input_ids=torch.tensor([e.prompt + e.rejected]), output_hidden_states=True).hidden_states[-1][0]
+            scores_from_hidden(hp, hn, len(e.prompt))
+        return time.perf_counter() - t
+
+
+def measure(model_dir, recs: list[dict], *, batch_size: int, max_prompt_tokens: int, max_response_tokens: int,
+            prompt_format: str = "auto", variants=("fp32", "bf16", "bf16-weights")) -> dict:
+    """Time the official shape and our scorer's ``variants`` (``fp32``, ``bf16`` = autocast over fp32
+    weights, ``bf16-weights`` = native bf16 weights, as ``python -m experiments.ches score --precision
+    bf16`` loads them) on the same records. Each scorer variant gets one warm-up pass over the records.
+
+    Returns pairs, tokens (both sequences incl. the prompt), non-embedding params, the matmul FLOP/s per
+    precision, the official shape's seconds, and per variant its seconds and score rows."""
+    from experiments.ches.scorer import encode_record, score_file
     from experiments.models.load import load_causal_lm, load_tokenizer
     from experiments.persona.prompts import resolve_format
+
+    tok = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir, dtype=torch.float32)
+    fmt = resolve_format(tok, prompt_format)
+    encs = [encode_record(tok, r, fmt, max_prompt_tokens or None, max_response_tokens or None, r["id"])
+            for r in recs]
+    out = {"pairs": len(encs), "format": fmt, "n_params": non_embedding_params(model),
+           "tokens": sum(2 * len(e.prompt) + len(e.chosen) + len(e.rejected) for e in encs),
+           "peak": {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)},
+           "official_s": official_shape_seconds(model, encs), "variants": {}}
+    with tempfile.TemporaryDirectory() as d:
+        data = Path(d) / "bench.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+        kw = {"prompt_format": fmt, "max_prompt_tokens": max_prompt_tokens or None,
+              "max_response_tokens": max_response_tokens or None, "batch_size": batch_size,
+              "device": "cpu", "progress": False}
+        for name in variants:
+            m = model if name != "bf16-weights" else load_causal_lm(model_dir, dtype=torch.bfloat16)
+            prec = "fp32" if name == "fp32" else "bf16"
+            score_file(m, tok, data, None, precision=prec, **kw)  # warm-up
+            s = score_file(m, tok, data, None, precision=prec, **kw)
+            out["variants"][name] = {"seconds": s["seconds"], "rows": s["rows"], "precision": prec}
+    return out
+
+
+def spearman(ref_rows: list[dict], rows: list[dict], key: str) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr([r[key] for r in ref_rows], [r[key] for r in rows]).statistic)
+
+
+@main_guard
+def main(argv=None) -> None:
+    from experiments.common.torchutil import set_threads
 
     ap = argparse.ArgumentParser(prog="python -m experiments.ches.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -103,50 +156,22 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
 
     recs = load_bench_records(args.data, args.n)
-    tok = load_tokenizer(args.model)
-    model = load_causal_lm(args.model, dtype=torch.float32)
-    fmt = resolve_format(tok, args.prompt_format)
-    encs = [encode_record(tok, r, fmt, args.max_prompt_tokens or None, args.max_response_tokens or None, r["id"])
-            for r in recs]
-    tokens = sum(2 * len(e.prompt) + len(e.chosen) + len(e.rejected) for e in encs)
-    n_params = non_embedding_params(model)
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    m = measure(args.model, recs, batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                max_response_tokens=args.max_response_tokens, prompt_format=args.prompt_format)
+    peak, tokens, n_params, n = m["peak"], m["tokens"], m["n_params"], m["pairs"]
+    t_off = m["official_s"]
+    off_pps = n / t_off
     rows = [("matmul 2048² fp32", None, None, peak["fp32"], None, None),
-            ("matmul 2048² bf16", None, None, peak["bf16"], None, None)]
+            ("matmul 2048² bf16", None, None, peak["bf16"], None, None),
+            ("official shape (fp32, 1/forward, LM head)", off_pps, tokens / t_off,
+             2 * n_params * tokens / t_off, 2 * n_params * tokens / t_off / peak["fp32"], 1.0)]
+    labels = {"fp32": "scorer fp32", "bf16": "scorer bf16 (autocast)", "bf16-weights": "scorer bf16 weights"}
+    for name, v in m["variants"].items():
+        sec = v["seconds"]
+        fl = 2 * n_params * tokens / sec
+        rows.append((labels[name], n / sec, tokens / sec, fl, fl / peak[v["precision"]], n / sec / off_pps))
 
-    # official shape: per record, two unpadded fp32 forwards of the full LM with output_hidden_states
-    with torch.no_grad():
-        e0 = encs[0]
-        model(input_ids=torch.tensor([e0.prompt + e0.chosen]), output_hidden_states=True)  # warm-up
-        t = time.perf_counter()
-        for e in encs:
-            hp = model(input_ids=torch.tensor([e.prompt + e.chosen]), output_hidden_states=True).hidden_states[-1][0]
-            hn = model(input_ids=torch.tensor([e.prompt + e.rejected]), output_hidden_states=True).hidden_states[-1][0]
-            scores_from_hidden(hp, hn, len(e.prompt))
-        t_off = time.perf_counter() - t
-    off_pps = len(encs) / t_off
-    rows.append(("official shape (fp32, 1/forward, LM head)", off_pps, tokens / t_off,
-                 2 * n_params * tokens / t_off, 2 * n_params * tokens / t_off / peak["fp32"], 1.0))
-
-    with tempfile.TemporaryDirectory() as d:
-        data = Path(d) / "bench.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
-        kw = {"prompt_format": fmt, "max_prompt_tokens": args.max_prompt_tokens or None,
-                  "max_response_tokens": args.max_response_tokens or None, "batch_size": args.batch_size,
-                  "device": "cpu", "progress": False}
-        results = {}
-        model_bf16 = load_causal_lm(args.model, dtype=torch.bfloat16)
-        for name, m, prec, peak_key in (("scorer fp32", model, "fp32", "fp32"),
-                                        ("scorer bf16 (autocast)", model, "bf16", "bf16"),
-                                        ("scorer bf16 weights", model_bf16, "bf16", "bf16")):
-            score_file(m, tok, data, None, precision=prec, **kw)  # warm-up
-            s = score_file(m, tok, data, None, precision=prec, **kw)
-            results[name] = s["rows"]
-            sec = s["seconds"]
-            fl = 2 * n_params * tokens / sec
-            rows.append((name, len(encs) / sec, tokens / sec, fl, fl / peak[peak_key], len(encs) / sec / off_pps))
-
-    print(f"\nCHES bench: {len(encs)} pairs, {tokens} tokens (both sequences incl. prompt), format {fmt}, "
+    print(f"\nCHES bench: {n} pairs, {tokens} tokens (both sequences incl. prompt), format {m['format']}, "
           f"truncation {args.max_prompt_tokens}/{args.max_response_tokens}, batch {args.batch_size}, "
           f"threads {torch.get_num_threads()}, non-embedding params {n_params / 1e6:.1f}M")
     hdr = f"{'row':44s} {'pairs/s':>8s} {'tok/s':>8s} {'GFLOP/s':>9s} {'of peak':>8s} {'speed-up':>8s}"
@@ -159,16 +184,16 @@ def main(argv=None) -> None:
     for name, pps, tps, fl, frac, su in rows:
         print(f"{name:44s} {f(pps, '8.2f')} {f(tps, '8.0f')} {f(fl / 1e9, '9.1f')} "
               f"{'' if frac is None else f'{100 * frac:7.1f}%'} {f(su, '7.2f')}{'' if su is None else 'x'}")
-    ref = results["scorer fp32"]
+    ref = m["variants"]["fp32"]["rows"]
     print("\nagreement with scorer fp32   spearman(ches)  spearman(ches_ln)  same ches_ln quintile  same ches quintile")
-    for name in ("scorer bf16 (autocast)", "scorer bf16 weights"):
-        got = results[name]
-        sp = {m: spearmanr([r[m] for r in ref], [r[m] for r in got]).statistic for m in ("ches", "ches_ln")}
+    for name in ("bf16", "bf16-weights"):
+        got = m["variants"][name]["rows"]
+        sp = {k: spearman(ref, got, k) for k in ("ches", "ches_ln")}
         agree = {}
-        for m in ("ches", "ches_ln"):
-            qa, qb = rank_quintiles([r[m] for r in ref]), rank_quintiles([r[m] for r in got])
-            agree[m] = sum(a == b for a, b in zip(qa, qb)) / len(qa)
-        print(f"{name:28s} {sp['ches']:15.5f} {sp['ches_ln']:18.5f} {100 * agree['ches_ln']:21.1f}% "
+        for k in ("ches", "ches_ln"):
+            qa, qb = rank_quintiles([r[k] for r in ref]), rank_quintiles([r[k] for r in got])
+            agree[k] = sum(a == b for a, b in zip(qa, qb)) / len(qa)
+        print(f"{labels[name]:28s} {sp['ches']:15.5f} {sp['ches_ln']:18.5f} {100 * agree['ches_ln']:21.1f}% "
               f"{100 * agree['ches']:18.1f}%")
 
 

@@ -66,6 +66,7 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
     ids, pmask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     torch.manual_seed(seed)
     lm.eval()
+    t0 = time.perf_counter()
     with torch.no_grad(), autocast(precision, device):
         out = lm.generate(input_ids=ids, attention_mask=pmask, do_sample=True, num_return_sequences=samples,
                           pad_token_id=tokenizer.pad_token_id, **gen_kwargs)
@@ -76,11 +77,13 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
         rmask[empty, 0] = 1
     pids, pm = ids.repeat_interleave(samples, 0), pmask.repeat_interleave(samples, 0)
     texts_out = tokenizer.batch_decode(resp * rmask + tokenizer.pad_token_id * (1 - rmask), skip_special_tokens=True)
+    t1 = time.perf_counter()
     flat_prompts = [r["prompt"] for r in records for _ in range(samples)]
     flat_refs = [r["references"] for r in records for _ in range(samples)]
     scores = np.asarray(reward(flat_prompts, texts_out, flat_refs), dtype=np.float64)
     if not np.isfinite(scores).all():
         raise UserError("the reward is not finite for a sampled response")
+    t2 = time.perf_counter()
     cache = None
     with torch.no_grad(), autocast(precision, device):
         if ac.top_k and not ac.encoder_decoder:  # frozen lower blocks: run them once for the rollout
@@ -93,10 +96,11 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
     task_r = torch.tensor(scores, dtype=torch.float32, device=device)
     rewards, kl = shaped_rewards(task_r, old_logp, ref_logp, rmask, kl_coef)
     adv, ret = gae(rewards, old_values * rmask, rmask, cfg.gamma, cfg.gae_lambda)
+    seconds = {"generate": t1 - t0, "score": t2 - t1, "logp": time.perf_counter() - t2}
     return {"prompt_ids": pids, "prompt_mask": pm, "response_ids": resp, "mask": rmask,
             "old_logp": old_logp, "old_values": old_values * rmask, "advantages": adv, "returns": ret,
             "rewards": scores.reshape(len(records), samples), "kl": float(kl.sum(1).mean()), "cache": cache,
-            "tokens": int(rmask.sum())}
+            "tokens": int(rmask.sum()), "seconds": seconds}
 
 
 def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter) -> list[dict]:
@@ -138,6 +142,7 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
                 return ac(ro["prompt_ids"][idx], ro["prompt_mask"][idx], ro["response_ids"][idx], ro["mask"][idx])
 
         ac.train()
+        t_update = time.perf_counter()
         try:
             stats = ppo_update(policy_fn, params, opt, ro, cfg, generator=gen)
         except FloatingPointError as e:
@@ -148,7 +153,9 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
         row = {"iteration": it, "mean_reward": mean_r, "mean_std": mean_std, "frac_small_std": frac_small,
                "grad_norm": stats["grad_norm"], "kl": ro["kl"], "kl_coef": coef, "entropy": stats["entropy"],
                "policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"],
-               "clip_fraction": stats["clip_fraction"], "seconds": round(time.time() - t0, 2)}
+               "clip_fraction": stats["clip_fraction"], "seconds": round(time.time() - t0, 2),
+               # the split of the iteration (not in diagnostics.csv; python -m experiments.bench reports it)
+               "split_s": ro["seconds"] | {"update": time.perf_counter() - t_update}}
         rows.append(row)
         on_iter(row)
     ac.lm.eval()
