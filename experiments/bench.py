@@ -106,10 +106,16 @@ def bench_ches(root: Path, cfg: dict, quick: bool) -> list[dict]:
 
 # ------------------------------------------------------------------------------------- sampling
 def bench_sampling(root: Path, cfg: dict, quick: bool) -> list[dict]:
-    from experiments.common.torchutil import autocast, resolve_precision
     from experiments.common.io import read_jsonl
+    from experiments.common.torchutil import autocast, resolve_precision
     from experiments.models.load import load_generator, load_tokenizer
-    from experiments.rft.stats import _gen_kwargs, encode_batch, render_prompt, sample_batch, select_inputs
+    from experiments.rft.stats import (
+        _gen_kwargs,
+        encode_batch,
+        render_prompt,
+        sample_batch,
+        select_inputs,
+    )
 
     name, task = next(iter(cfg["rft"]["tasks"].items()))
     stats = cfg["rft"]["stats"]
