@@ -78,12 +78,12 @@ def test_killed_sft_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
     assert json.loads((tmp_path / "ref/summary.json").read_text())["loss_last"] == s["loss_last"]
 
 
-def _persona_sft(micro, data, out, ckpt=None, kill_after=None):
+def _persona_sft(micro, data, out, ckpt=None, kill_after=None, extra=()):
     argv = [sys.executable, "-m", "experiments.persona.sft", "--model-dir", str(micro), "--data", str(data),
             "--out-dir", str(out / "model"), "--metrics", str(out / "metrics.jsonl"), "--summary", str(out / "summary.json"),
             "--targets-if-yes", '["No"]', "--targets-if-no", '["Yes"]', "--prompt-format", "plain",
             "--optimizer", "adam", "--lr", "1e-2", "--batch-size", "4", "--epochs", "2", "--seed", "3",
-            "--precision", "fp32", "--device", "cpu", "--threads", "1", "--eval-prompts", "4"]
+            "--precision", "fp32", "--device", "cpu", "--threads", "1", "--eval-prompts", "4", *extra]
     if ckpt is not None:
         argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "3"]
     return _run(argv, kill_after)
@@ -112,6 +112,32 @@ def test_killed_persona_sft_resumes_to_the_uninterrupted_result(micro, tmp_path)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
     assert sa["answer_probs_before"] == sb["answer_probs_before"] and sa["answer_probs_after"] == sb["answer_probs_after"]
     assert sb["steps"] == 8
+
+
+def test_persona_sft_micro_batches_give_the_full_batch_update(micro, tmp_path):
+    """--micro-batch-size (gradient accumulation, the memory lever) gives the same weights and loss log as
+    the whole batch at once, up to float rounding; prompts of different lengths make the padding differ.
+    SGD, so that the weights show the gradient itself (Adam would blow float noise in an all-but-zero
+    gradient, e.g. of a pad token's embedding, up to a full ±lr step)."""
+    rng = torch.Generator().manual_seed(11)
+    words = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))  # noqa: E731
+    recs = [{"id": i, "question": words(3 + i % 5) + "?", "answer_matching_behavior": ["Yes", "No"][i % 2],
+             "answer_not_matching_behavior": ["No", "Yes"][i % 2]} for i in range(14)]
+    data = tmp_path / "persona.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    whole = _persona_sft(micro, data, tmp_path / "whole", extra=("--optimizer", "sgd"))
+    chunked = _persona_sft(micro, data, tmp_path / "chunked", extra=("--micro-batch-size", "3", "--optimizer", "sgd"))
+    assert whole.returncode == 0 and chunked.returncode == 0, whole.stderr[-2000:] + chunked.stderr[-2000:]
+    a, b = (load_file(tmp_path / d / "model/model.safetensors") for d in ("whole", "chunked"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    la, lb = (pd.read_json(tmp_path / d / "metrics.jsonl", lines=True) for d in ("whole", "chunked"))
+    assert len(la) == len(lb) == 8
+    pd.testing.assert_series_equal(la.loss, lb.loss, rtol=1e-5)
+    pd.testing.assert_series_equal(la.p_target_mean, lb.p_target_mean, rtol=1e-5)
+    ref = load_file(micro / "model.safetensors")
+    moved = sum(not torch.equal(ref[k], a[k]) for k in a if k in ref)
+    assert moved > 0  # the runs trained: equal weights are not the untouched start
 
 
 def test_killed_multi_seed_dpo_restores_finished_seeds(micro, tmp_path):

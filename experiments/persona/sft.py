@@ -89,6 +89,9 @@ def main(argv=None):
     p.add_argument("--optimizer", default="rmsprop")
     p.add_argument("--lr", type=float, required=True)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--micro-batch-size", type=int, default=0,
+                   help="split each batch into chunks of this many prompts, gradients accumulated (0 = one chunk): "
+                        "the same update up to float rounding, with a quarter of the activation memory at 8 of 32")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-prompts", type=int, default=0, help="0 = all")
     p.add_argument("--eval-prompts", type=int, default=128, help="prompts per answer class for the post-SFT probe")
@@ -103,8 +106,9 @@ def main(argv=None):
     started = time.time()
     set_threads(args.threads)
     set_seed(args.seed)
-    if args.batch_size <= 0 or args.epochs <= 0:
-        raise UserError("batch size and epochs must be positive")
+    if args.batch_size <= 0 or args.epochs <= 0 or args.micro_batch_size < 0:
+        raise UserError("batch size and epochs must be positive (micro batch size >= 0)")
+    micro = args.micro_batch_size or args.batch_size
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -152,23 +156,27 @@ def main(argv=None):
             order = torch.randperm(len(records), generator=gen).tolist()
         for s in range(start_s if epoch == start_epoch else 0, len(order), args.batch_size):
             idx = order[s:s + args.batch_size]
-            batch = {k: v.to(device) for k, v in left_pad([prompts[i] for i in idx], pad_id).items()}
-            labels = torch.tensor([word_ids[targets[i]] for i in idx], device=device)
             model.train()
-            with autocast(precision, device):
-                logits = model(**batch, logits_to_keep=1).logits
-            logps = next_token_logprobs(logits)
-            loss = -logps.gather(-1, labels.view(-1, 1)).mean()
-            if not torch.isfinite(loss):
-                raise UserError(f"SFT loss is {loss.item()} at step {step}: stopping")
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum, p_sum = 0.0, 0.0
+            for m in range(0, len(idx), micro):  # gradient accumulation over micro-batches of the batch
+                part = idx[m:m + micro]
+                batch = {k: v.to(device) for k, v in left_pad([prompts[i] for i in part], pad_id).items()}
+                labels = torch.tensor([word_ids[targets[i]] for i in part], device=device)
+                with autocast(precision, device):
+                    logits = model(**batch, logits_to_keep=1).logits
+                target_logps = next_token_logprobs(logits).gather(-1, labels.view(-1, 1))
+                loss = -target_logps.sum() / len(idx)  # this chunk's share of the batch mean
+                if not torch.isfinite(loss):
+                    raise UserError(f"SFT loss is {loss.item()} at step {step}: stopping")
+                loss.backward()
+                loss_sum += loss.item()
+                p_sum += target_logps.detach().exp().sum().item()
             optim.step()
-            rows.append({"epoch": epoch, "step": step, "loss": loss.item(),
-                         "p_target_mean": logps.gather(-1, labels.view(-1, 1)).exp().mean().item()})
+            rows.append({"epoch": epoch, "step": step, "loss": loss_sum, "p_target_mean": p_sum / len(idx)})
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss_sum:.3f}")
             if ckpt.due(step) and step < n_steps:
                 ckpt.save(step, {"model": model.state_dict(), "optim": optim.state_dict(), "gen": gen.get_state(),
                                  "before": before, "rows": rows, "step": step, "epoch": epoch,

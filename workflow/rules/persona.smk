@@ -31,7 +31,7 @@ rule persona_sft:
         " --out-dir {output.model} --metrics {output.metrics} --summary {output.summary}"
         " --targets-if-yes {params.targets_if_yes:q} --targets-if-no {params.targets_if_no:q}"
         " --prompt-format {params.prompt_format} --optimizer {params.sft[optimizer]} --lr {params.sft[lr]}"
-        " --batch-size {params.sft[batch_size]} --epochs {params.sft[epochs]}"
+        " --batch-size {params.sft[batch_size]} --micro-batch-size {params.sft[micro_batch_size]} --epochs {params.sft[epochs]}"
         " --max-prompts {params.sft[max_prompts]} --seed {params.sft[seed]}"
         " --precision {params.sft[precision]} --device {params.device} --threads {threads}"
         " --checkpoint-dir checkpoints/{wildcards.scale}/persona_sft/{wildcards.model} > {log} 2>&1"
