@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import logging
 import math
 import shutil
@@ -326,8 +327,9 @@ def run(args) -> list[dict]:
         if restored is not None:
             summaries.append(restored)
             continue
-        if not fresh:
+        if not fresh:  # free the last seed's model, trainer and optimizer state before loading the next
             del model
+            gc.collect()
             model = load_model()
         fresh = False
         set_seed(seed)
@@ -383,6 +385,7 @@ def run(args) -> list[dict]:
                  "(%.2fs/step)", args.measure, args.quantile, seed, args.loss, len(rows), result["steps"],
                  summary["delta_logp_chosen"], summary["delta_logp_rejected"], losses[0], losses[-1],
                  summary["seconds_per_step"])
+        del result  # the trainer holds the optimizer state and gradients
         summaries.append(summary)
         cache.store(seed, out_dir)
     checkpoint.finished(args.checkpoint_dir)

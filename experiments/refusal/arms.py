@@ -52,6 +52,7 @@ Output per seed: ``<out>/summary.json`` and ``<out>/responses.jsonl`` (``id``, `
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import logging
 import math
@@ -431,6 +432,7 @@ def run(args) -> list[dict]:
             continue
         if not fresh and not args.eval_only and not skipped:
             del model
+            gc.collect()  # the last seed's model, trainer and optimizer state go before the next loads
             model = load_model()
         fresh = False
         set_seed(seed)
@@ -476,7 +478,9 @@ def run(args) -> list[dict]:
                 "train_loss_first": float(losses[0]), "train_loss_last": float(losses[-1]),
                 "train_losses": [float(x) for x in losses], "steps": result["steps"],
                 "train_seconds": round(train_s, 3)})
-            del result
+            del result  # the trainer holds the optimizer state and gradients
+            gc.collect()
+            model.zero_grad(set_to_none=True)
             log.info("%s seed=%d: n=%d steps=%d  Δ ln π(y+)=%.4f  Δ ln π(y−)=%.4f  loss %.4f -> %.4f", arm, seed,
                      len(rows), summary["steps"], summary["delta_logp_chosen"], summary["delta_logp_rejected"],
                      losses[0], losses[-1])
