@@ -37,3 +37,55 @@ def test_smollm2_dpo_saturates_then_moves_mass_to_benign_variants(smollm2_dir, m
     meanings = [r["meaning"] for r in s["top_risers"][:3]]
     assert meanings.count("benign") >= 2, s["top_risers"][:3]
     assert s["theory_first_step"]["pearson_dh"] > 0.9  # Δ ln π(z) follows ⟨W_z, Δh⟩
+
+
+def _persona_tables(root):
+    """Every CSV and Markdown table of the tiny persona branch (results/ and figures/), wall-time columns dropped."""
+    import pandas as pd
+
+    from test_workflow import TIMING_COLUMNS
+
+    out = {}
+    for f in sorted([*root.glob("results/tiny/persona/**/*.csv"), *root.glob("figures/tiny/table_persona.*")]):
+        rel = str(f.relative_to(root))
+        if f.suffix == ".csv":
+            df = pd.read_csv(f, dtype=str, keep_default_na=False)
+            out[rel] = df.drop(columns=[c for c in df.columns if c in TIMING_COLUMNS]).to_csv(index=False)
+        elif f.suffix == ".md":
+            out[rel] = f.read_text()
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_persona_branch_is_deterministic_and_seed_sensitive(mirror, tmp_path_factory):
+    """Issue 10 at tiny scale (≈ 25 min on 2 cores): the persona branch run twice from scratch in two
+    directories (model preparation included) gives byte-identical tables (wall times aside); other DPO
+    seeds change them."""
+    from test_workflow import snakemake
+
+    env = {"SUITE_DATA_MIRROR": str(mirror), "HF_HUB_OFFLINE": "1"}
+    target = "figures/tiny/table_persona.csv"
+    runs = []
+    for name in ("first", "second"):
+        work = tmp_path_factory.mktemp(f"tiny_persona_{name}")
+        r = snakemake("--cores", "2", "--config", "scale=tiny", "--directory", str(work), target,
+                      env_extra=env, timeout=3600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs.append(work)
+    first, second = (_persona_tables(w) for w in runs)
+    n_runs = len(TINY["settings"]) * sum(len(m["pairs"]) for m in TINY["models"].values()) * len(TINY["seeds"])
+    assert first.keys() == second.keys() and len(first) >= 3, sorted(first)
+    import pandas as pd
+
+    assert len(pd.read_csv(runs[0] / "results/tiny/persona/runs.csv")) == n_runs
+    differ = [k for k in first if first[k] != second[k]]
+    assert not differ, differ
+    # other DPO seeds, same SFT model (not retrained): the runs and the table change
+    other = runs[1] / "seeds.yaml"
+    other.write_text(yaml.safe_dump({"persona": {"seeds": [4242, 17, 99]}}))
+    r = snakemake("--cores", "2", "--config", "scale=tiny", "--configfile", str(other), "--directory", str(runs[1]),
+                  target, env_extra=env, timeout=3600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "persona_sft" not in r.stderr.split("Job stats:")[-1].split("\n\n")[0]
+    third = _persona_tables(runs[1])
+    assert third[target] != first[target]

@@ -140,6 +140,42 @@ def test_persona_sft_micro_batches_give_the_full_batch_update(micro, tmp_path):
     assert moved > 0  # the runs trained: equal weights are not the untouched start
 
 
+def test_killed_ppo_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
+    """rft_train (our PPO loop) killed right after the checkpoint of iteration 2 of 4 and rerun continues
+    there (no new evaluation of the initial model) and ends with the uninterrupted run's diagnostics,
+    per-input rewards and summary (wall times aside)."""
+    def ppo(out, ckpt=None, kill=None):
+        argv = [sys.executable, "-m", "experiments.rft.train", "--algorithm", "ppo", "--model", str(micro),
+                "--data", str(data), "--reward", "sacrebleu", "--prompt-format", "plain", "--max-prompt-tokens", "16",
+                "--gen-kwargs", '{"max_new_tokens": 6}', "--iterations", "4", "--inputs-per-iter", "3",
+                "--samples-per-input", "2", "--n-epochs", "2", "--minibatch", "3", "--lr", "1e-3", "--target-kl", "1.0", "--ent-coef", "0.1",
+                "--train-inputs", "12", "--eval-inputs", "4", "--eval-samples", "2", "--seed", "5",
+                "--precision", "fp32", "--device", "cpu", "--threads", "1", "--out-dir", str(out)]
+        if ckpt is not None:
+            argv += ["--checkpoint-dir", str(ckpt), "--save-iterations", "2"]
+        return _run(argv, kill)
+
+    ref = ppo(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / "ppo"
+    killed = ppo(out, ckpt, kill=2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "summary.json").exists() and (ckpt / "state.pt").is_file()
+    resumed = ppo(out, ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at iteration 3 of 4" in resumed.stderr and not ckpt.exists()
+    assert "before: mean reward" not in resumed.stderr  # the initial model's evaluation came from the checkpoint
+    drop = ["seconds"]
+    da, db = (pd.read_csv(d / "diagnostics.csv").drop(columns=drop) for d in (tmp_path / "ref", out))
+    assert len(da) == 4
+    pd.testing.assert_frame_equal(da, db)
+    assert (out / "per_input.csv").read_text() == (tmp_path / "ref/per_input.csv").read_text()
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
+    for key in ("reward_before", "reward_after", "train_reward_first", "train_reward_last"):
+        assert sa[key] == sb[key], key
+    assert (da.grad_norm > 0).all() and (da.kl.iloc[1:] != 0).all()  # it trained: the policy left the reference
+
+
 def test_killed_multi_seed_dpo_restores_finished_seeds(micro, tmp_path):
     """ches_dpo / refusal_arm train several seeds in one process; a job killed after seed 0 was stored
     does not retrain it on the rerun, and every seed's files equal an uninterrupted run's."""

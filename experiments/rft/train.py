@@ -103,7 +103,14 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
             "tokens": int(rmask.sum()), "seconds": seconds}
 
 
-def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter) -> list[dict]:
+def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter, ckpt=None,
+              state: dict | None = None, extra_state: dict | None = None) -> list[dict]:
+    """PPO for ``args.iterations`` iterations; returns one diagnostics row per iteration.
+
+    ``ckpt`` (a :class:`experiments.common.checkpoint.LoopCheckpoint`) saves the weights (policy + value
+    head), optimizer, KL coefficient, sampling generator and rows every ``ckpt.every`` iterations, with
+    ``extra_state`` alongside; ``state`` (what ``ckpt.load()`` returned) continues a killed run from there.
+    The reference model is the initial ``lm``, so a resumed run must be given the initial model."""
     from experiments.common.torchutil import autocast
     from experiments.rft.policy import ActorCritic
     from experiments.rft.ppo import AdaptiveKLController, PPOConfig, ppo_update
@@ -126,8 +133,15 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
     opt = torch.optim.Adam(params, lr=cfg.lr)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl)
     gen = torch.Generator().manual_seed(args.seed)
-    rows = []
-    for it in range(args.iterations):
+    rows, start = [], 0
+    if state is not None:  # continue a killed run: same weights, optimizer, KL coefficient and draws
+        ac.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        kl_ctl.value = state["kl_coef"]
+        gen.set_state(state["gen"])
+        rows, start = list(state["rows"]), state["iteration"]
+        log.info("PPO: resuming at iteration %d of %d", start + 1, args.iterations)
+    for it in range(start, args.iterations):
         t0 = time.time()
         pick = torch.randint(len(pool), (args.inputs_per_iter,), generator=gen).tolist()
         ro = rollout(ac, ref_lm, tokenizer, [pool[i] for i in pick], reward, samples=args.samples_per_input,
@@ -158,6 +172,9 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
                "split_s": ro["seconds"] | {"update": time.perf_counter() - t_update}}
         rows.append(row)
         on_iter(row)
+        if ckpt is not None and ckpt.due(it + 1) and it + 1 < args.iterations:
+            ckpt.save(it + 1, {"model": ac.state_dict(), "optim": opt.state_dict(), "kl_coef": float(kl_ctl.value),
+                               "gen": gen.get_state(), "rows": rows, "iteration": it + 1} | (extra_state or {}))
     ac.lm.eval()
     return rows
 
@@ -227,8 +244,17 @@ def run(args) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    from experiments.common import checkpoint
+
+    ckpt, state = None, None
+    if args.checkpoint_dir and args.algorithm == "ppo":
+        ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir,
+                                         args.save_iterations or checkpoint.auto_save_steps(args.iterations))
+        state = ckpt.load()
     before = None
-    if not args.no_eval_before:
+    if state is not None:
+        before = state["before"]  # evaluated before the killed run trained; the model has moved since
+    elif not args.no_eval_before:
         before, _ = evaluate(model, tokenizer, eval_records, reward, args, eval_kwargs, "before", precision)
         log.info("before: mean reward %.4f over %d inputs", np.mean([m for m, _ in before.values()]), len(before))
 
@@ -241,7 +267,8 @@ def run(args) -> dict:
 
     t_train = time.time()
     if args.algorithm == "ppo":
-        rows = train_ppo(model, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter)
+        rows = train_ppo(model, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter,
+                         ckpt=ckpt, state=state, extra_state={"before": before})
     else:
         from experiments.rft.trl_rft import train_trl
 
@@ -295,6 +322,7 @@ def run(args) -> dict:
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads),
     }
     write_json(out / "summary.json", summary)
+    checkpoint.finished(args.checkpoint_dir)
     log.info("%s: reward %s -> %.4f on %d eval inputs (%.0fs training)", args.algorithm,
              f"{summary['reward_before']:.4f}" if before else "n/a", summary["reward_after"], len(eval_records), train_s)
     return summary
@@ -342,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="auto")
     a("--threads", type=int, default=0)
     a("--out-dir", required=True)
+    a("--checkpoint-dir", default=None,
+      help="PPO: resumable state here (outside --out-dir); a rerun continues from the last one")
+    a("--save-iterations", type=int, default=0, help="with --checkpoint-dir: every N iterations (0 = ~4 per run)")
     return p
 
 

@@ -188,7 +188,9 @@ rule rft_train:
         " --eval-inputs {params.ft[eval][inputs]} --eval-samples {params.ft[eval][samples]}"
         " --eval-batch-inputs {params.ft[eval][batch_inputs]} --train-top-layers {params.ft[train_top_layers]}"
         " --small-std-threshold {params.threshold} --seed {wildcards.seed} --precision {params.ft[precision]}"
-        " --device {params.device} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        " --device {params.device} --threads {threads} --out-dir {params.out_dir}"
+        " --checkpoint-dir checkpoints/{wildcards.scale}/rft_train/{wildcards.task}/{wildcards.rft_init}/{wildcards.rft_variant}/seed~{wildcards.seed}"
+        " > {log} 2>&1"
 
 
 rule rft_finetune_figures:
