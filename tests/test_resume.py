@@ -140,6 +140,41 @@ def test_persona_sft_micro_batches_give_the_full_batch_update(micro, tmp_path):
     assert moved > 0  # the runs trained: equal weights are not the untouched start
 
 
+def test_killed_persona_dpo_resumes_to_the_uninterrupted_result(micro, tmp_path):
+    """persona_dpo killed right after its step-4 checkpoint (of 8 steps) and rerun ends with the
+    uninterrupted run's per-step metrics (π(y±), loss, top risers), summary and theory check."""
+    rng = torch.Generator().manual_seed(5)
+    words = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))  # noqa: E731
+    recs = [{"id": i, "question": words(6) + "?", "answer_matching_behavior": ["Yes", "No"][i % 2],
+             "answer_not_matching_behavior": ["No", "Yes"][i % 2]} for i in range(6)]
+    data = tmp_path / "persona.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def dpo(out, ckpt=None, kill=None):
+        argv = [sys.executable, "-m", "experiments.persona.dpo", "--model-dir", str(micro), "--data", str(data),
+                "--chosen", "Yes", "--rejected", "No", "--prompts-with-amb", "No", "--loss", "dpo", "--beta", "0.1",
+                "--lr", "1e-3", "--steps", "8", "--seed", "3", "--prompt-format", "plain", "--top-k", "3",
+                "--meanings", '{"affirmative": ["yes"], "negative": ["no"]}', "--opposites", '{"affirmative": ["negative"]}',
+                "--device", "cpu", "--threads", "1", "--out-dir", str(out)]
+        if ckpt is not None:
+            argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "2"]
+        return _run(argv, kill)
+
+    ref = dpo(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / "dpo"
+    killed = dpo(out, ckpt, kill=4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "summary.json").exists() and (ckpt / "state.pt").is_file()
+    resumed = dpo(out, ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr and not ckpt.exists()
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
+    assert (out / "summary.json").read_text() == (tmp_path / "ref/summary.json").read_text()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and rows[-1]["logp_chosen"] - rows[-1]["logp_rejected"] > rows[0]["logp_chosen"] - rows[0]["logp_rejected"]
+
+
 def test_killed_ppo_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
     """rft_train (our PPO loop) killed right after the checkpoint of iteration 2 of 4 and rerun continues
     there (no new evaluation of the initial model) and ends with the uninterrupted run's diagnostics,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from experiments.common import checkpoint
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import read_jsonl, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
@@ -106,12 +107,17 @@ def theory_check(logp_before: torch.Tensor, logp_after: torch.Tensor, W: torch.T
 
 def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected_id: int, *, loss_type: str,
                         beta: float, optimizer: torch.optim.Optimizer, steps: int, precision: str,
-                        device: torch.device, desc: str = "") -> tuple[list[dict], list[torch.Tensor], dict]:
+                        device: torch.device, desc: str = "",
+                        ckpt=None) -> tuple[list[dict], list[torch.Tensor], dict]:
     """Optimise the preference loss on one prompt for ``steps`` full-batch steps.
 
     Returns per-step records (state after 0..steps updates), the full next-token log-prob vector
     after each step (CPU, fp32), and the theory check after the first step. Reference log-probs are
     those of the model as given, computed once.
+
+    ``ckpt`` (a :class:`experiments.common.checkpoint.LoopCheckpoint`) saves the weights, optimizer, the
+    reference log-probs and everything logged so far every ``ckpt.every`` steps, and a rerun given the
+    same checkpoint (and the initial model) continues from the last one.
     """
     hidden: list[torch.Tensor] = []  # last-position input of the unembedding (the paper's h_x), per pass
     hook = model.get_output_embeddings().register_forward_hook(
@@ -121,12 +127,19 @@ def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected
         with autocast(precision, device):
             return next_token_logprobs(model(input_ids=input_ids, logits_to_keep=1).logits)[0]
 
-    with torch.no_grad():
-        logp_ref = next_logps()
+    state = ckpt.load() if ckpt is not None else None
+    rows, logps_cpu, theory, start = [], [], {}, 0
+    if state is None:
+        with torch.no_grad():
+            logp_ref = next_logps()
+        W = model.get_output_embeddings().weight.detach().float().clone()
+    else:  # a killed run saved after step `start`'s update: its weights, optimizer and logs
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+        logp_ref, rows, logps_cpu, theory = state["logp_ref"], state["rows"], state["logps"], state["theory"]
+        start, W = state["step"], None  # W serves the theory check after step 1, which a checkpoint is past
     ref_c, ref_r = logp_ref[chosen_id].view(1), logp_ref[rejected_id].view(1)
-    W = model.get_output_embeddings().weight.detach().float().clone()
-    rows, logps_cpu, theory = [], [], {}
-    for step in tqdm(range(steps + 1), desc=desc, mininterval=5):
+    for step in tqdm(range(start, steps + 1), desc=desc, mininterval=5, initial=start, total=steps + 1):
         training = step < steps
         with torch.set_grad_enabled(training):
             logps = next_logps()
@@ -147,6 +160,9 @@ def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ckpt is not None and ckpt.due(step + 1) and 1 < step + 1 < steps:  # after the step-1 theory check
+                ckpt.save(step + 1, {"model": model.state_dict(), "optim": optimizer.state_dict(), "logp_ref": logp_ref,
+                                     "rows": rows, "logps": logps_cpu, "theory": theory, "step": step + 1})
     hook.remove()
     return rows, logps_cpu, theory
 
@@ -174,6 +190,9 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--checkpoint-dir", default=None,
+                    help="resumable state here (outside --out-dir); a rerun continues from the last one")
+    ap.add_argument("--save-steps", type=int, default=0, help="with --checkpoint-dir: every N steps (0 = ~4 per run)")
     args = ap.parse_args(argv)
     started = time.time()
     if args.steps <= 0:
@@ -194,10 +213,11 @@ def main(argv=None):
     input_ids = torch.tensor([encode_prompt(tok, record["question"], args.prompt_format)], device=device)
 
     optim = make_optimizer(args.optimizer, model.parameters(), args.lr)
+    ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir, args.save_steps or checkpoint.auto_save_steps(args.steps))
     rows, logps, theory = train_single_prompt(
         model, input_ids, chosen_id, rejected_id, loss_type=args.loss, beta=args.beta, optimizer=optim,
         steps=args.steps, precision=precision, device=device,
-        desc=f"{args.loss} {args.chosen}>{args.rejected} seed {args.seed}")
+        desc=f"{args.loss} {args.chosen}>{args.rejected} seed {args.seed}", ckpt=ckpt)
     probs = [lp.exp() for lp in logps]
     exclude = [chosen_id, rejected_id]
     for row, p in zip(rows, probs):  # the largest movers of the whole distribution since the start
@@ -225,6 +245,7 @@ def main(argv=None):
     write_jsonl(out / "metrics.jsonl", rows)
     write_json(out / "manifest.json", run_manifest(seed=args.seed, device=str(device), started=started))
     write_json(out / "summary.json", summary)  # last: its presence marks a finished run
+    checkpoint.finished(args.checkpoint_dir)
     log.info("π(y+) start %.3f, peak %.3f (step %d), trough %.3f (step %d), end %.3f; top risers %s",
              summary["p_start"], summary["p_peak"], summary["step_peak"], summary["p_trough"],
              summary["step_trough"], summary["p_end"], [(r["token"], r["meaning"]) for r in risers[:3]])

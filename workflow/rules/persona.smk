@@ -58,6 +58,11 @@ rule persona_dpo:
         meanings=json.dumps(PERSONA["meanings"]),
         opposites=json.dumps(PERSONA["opposites"]),
         device=config["device"],
+        ckpt=lambda w: (
+            f"--checkpoint-dir checkpoints/{w.scale}/persona_dpo/{w.model}/{w.init}~{w.loss}/{w.pair}/seed~{w.seed}"
+            f" --save-steps {PERSONA['checkpoint_steps']}"
+            if PERSONA["checkpoint_steps"] else ""
+        ),
     threads: 1
     resources:
         mem_mb=4000,
@@ -72,7 +77,7 @@ rule persona_dpo:
         " --steps {params.setting[steps]} --seed {wildcards.seed} --prompt-format {params.prompt_format}"
         " --top-k {params.top_k} --meanings {params.meanings:q} --opposites {params.opposites:q}"
         " --precision {params.precision} --device {params.device} --threads {threads}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} {params.ckpt} > {log} 2>&1"
 
 
 rule persona_aggregate:

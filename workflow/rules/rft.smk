@@ -173,6 +173,11 @@ rule rft_train:
         data_seed=RFT["stats"]["seed"],
         out_dir=subpath(output.summary, parent=True),
         device=config["device"],
+        ckpt=lambda w: (
+            f"--checkpoint-dir checkpoints/{w.scale}/rft_train/{w.task}/{w.rft_init}/{w.rft_variant}/seed~{w.seed}"
+            f" --save-iterations {FT['checkpoint_iterations']}"
+            if FT["checkpoint_iterations"] else ""
+        ),
     threads: 1
     resources:
         mem_mb=8000,
@@ -188,9 +193,7 @@ rule rft_train:
         " --eval-inputs {params.ft[eval][inputs]} --eval-samples {params.ft[eval][samples]}"
         " --eval-batch-inputs {params.ft[eval][batch_inputs]} --train-top-layers {params.ft[train_top_layers]}"
         " --small-std-threshold {params.threshold} --seed {wildcards.seed} --precision {params.ft[precision]}"
-        " --device {params.device} --threads {threads} --out-dir {params.out_dir}"
-        " --checkpoint-dir checkpoints/{wildcards.scale}/rft_train/{wildcards.task}/{wildcards.rft_init}/{wildcards.rft_variant}/seed~{wildcards.seed}"
-        " > {log} 2>&1"
+        " --device {params.device} --threads {threads} --out-dir {params.out_dir} {params.ckpt} > {log} 2>&1"
 
 
 rule rft_finetune_figures:
