@@ -175,6 +175,48 @@ def test_killed_persona_dpo_resumes_to_the_uninterrupted_result(micro, tmp_path)
     assert len(rows) == 9 and rows[-1]["logp_chosen"] - rows[-1]["logp_rejected"] > rows[0]["logp_chosen"] - rows[0]["logp_rejected"]
 
 
+def test_killed_controlled_runs_resume_to_the_uninterrupted_result(tmp_path):
+    """P1 §4.2 controlled_pretrain and controlled_finetune (REINFORCE: sampled labels, so the generator state
+    matters) killed after the epoch-4 checkpoint of 8 and rerun end with the uninterrupted run's weights
+    and metrics."""
+    base = [sys.executable, "-m", "experiments.theory.controlled"]
+    common = ["--hidden", "16", "--n-train", "200", "--n-test", "50", "--threads", "1", "--device", "cpu"]
+
+    def pretrain(out, ckpt=None, kill=None):
+        argv = [*base, "pretrain", "--epochs", "8", "--log-every", "2", "--batch-size", "64", "--seed", "1",
+                *common, "--out", str(out / "model.pt"), "--metrics", str(out / "m.jsonl")]
+        return _run(argv + (["--checkpoint-dir", str(ckpt)] if ckpt else []), kill)
+
+    def finetune(init, out, ckpt=None, kill=None):
+        argv = [*base, "finetune", "--init", str(init), "--method", "reinforce", "--reward", "labels", "--epochs", "8",
+                "--log-every", "2", "--batch-size", "64", "--seed", "2", "--threads", "1", "--device", "cpu",
+                "--out-dir", str(out)]
+        return _run(argv + (["--checkpoint-dir", str(ckpt)] if ckpt else []), kill)
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for d in (ref, run):
+        d.mkdir()
+    assert pretrain(ref).returncode == 0
+    killed = pretrain(run, tmp_path / "ck_pre", kill=4)  # saves at 2, 4, 6 (8 epochs / 4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = pretrain(run, tmp_path / "ck_pre")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-2000:]
+    a, b = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (ref, run))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    assert (run / "m.jsonl").read_text() == (ref / "m.jsonl").read_text()
+
+    assert finetune(ref / "model.pt", ref / "ft").returncode == 0
+    killed = finetune(ref / "model.pt", run / "ft", tmp_path / "ck_ft", kill=4)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = finetune(ref / "model.pt", run / "ft", tmp_path / "ck_ft")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-2000:]
+    assert not (tmp_path / "ck_ft").exists() and not (tmp_path / "ck_pre").exists()
+    assert (run / "ft/metrics.jsonl").read_text() == (ref / "ft/metrics.jsonl").read_text()
+    sa, sb = (json.loads((d / "ft/summary.json").read_text()) for d in (ref, run))
+    assert sa["final"] == sb["final"] and sa["test_accuracy"] == sb["test_accuracy"]
+
+
 def test_killed_ppo_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
     """rft_train (our PPO loop) killed right after the checkpoint of iteration 2 of 4 and rerun continues
     there (no new evaluation of the initial model) and ends with the uninterrupted run's diagnostics,

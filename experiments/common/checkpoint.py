@@ -113,6 +113,25 @@ class LoopCheckpoint:
         return torch.load(self.path, weights_only=True)
 
 
+def rng_state() -> dict:
+    """The global torch RNG states (CPU, and every CUDA device when there is one): what dropout and other
+    unseeded draws consume, so that a resumed loop draws what the uninterrupted one would have."""
+    import torch
+
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class SeedCache:
     """Finished seeds of a multi-seed job (``--seed 0 1 2`` in one process). Each seed's run folder is a
     declared output, which Snakemake deletes when it reruns a killed job; so once a seed's files are

@@ -100,6 +100,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from experiments.common import checkpoint
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import atomic_path, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import resolve_device, set_seed, set_threads
@@ -563,6 +564,25 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
         yield order[s:s + batch_size]
 
 
+def _resume(ckpt, model, optim, gen) -> tuple[list[dict], int]:
+    """(rows logged so far, first epoch to run): a killed run's checkpoint restored into the model,
+    optimizer, batch-order generator and global RNG; or ([], 1) for a fresh run."""
+    state = ckpt.load()
+    if state is None:
+        return [], 1
+    model.load_state_dict(state["model"])
+    optim.load_state_dict(state["optim"])
+    gen.set_state(state["gen"])
+    checkpoint.set_rng_state(state["rng"])
+    return list(state["rows"]), state["epoch"] + 1
+
+
+def _save(ckpt, epoch: int, epochs: int, model, optim, gen, rows) -> None:
+    if ckpt.due(epoch) and epoch < epochs:
+        ckpt.save(epoch, {"model": model.state_dict(), "optim": optim.state_dict(), "gen": gen.get_state(),
+                          "rng": checkpoint.rng_state(), "rows": rows, "epoch": epoch})
+
+
 def _parse_hidden(text: str) -> list[int]:
     try:
         hidden = [int(h) for h in text.split(",") if h.strip()]
@@ -647,8 +667,12 @@ def pretrain(args) -> None:
 
     log.info("pretraining %s on %s (%d train / %d test inputs, %d classes, K = %d) on %s with %s lr %g",
              arch, args.dataset, len(y), len(y_te), n_classes, args.k, device, args.optimizer, args.lr)
-    rows = [probe(0)]
-    for epoch in tqdm(range(1, args.epochs + 1), desc="pretrain", mininterval=5):
+    ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir, checkpoint.auto_save_steps(args.epochs))
+    rows, start = _resume(ckpt, model, optim, gen)
+    if not rows:
+        rows = [probe(0)]
+    for epoch in tqdm(range(start, args.epochs + 1), desc="pretrain", mininterval=5, initial=start - 1,
+                      total=args.epochs):
         for idx in _batches(len(y), args.batch_size, gen):
             idx = idx.to(device)
             loss = pretrain_loss(model(take(X, idx)), q[idx])
@@ -657,6 +681,7 @@ def pretrain(args) -> None:
             optim.step()
         if epoch % args.log_every == 0 or epoch == args.epochs:
             rows.append(probe(epoch))
+        _save(ckpt, epoch, args.epochs, model, optim, gen, rows)
     config = {"dataset": args.dataset, "data_seed": data_seed, "test_frac": args.test_frac,
               "n_train": n_train, "n_test": n_test, "n_train_rows": len(y), "n_test_rows": len(y_te),
               "data_sha256": data.fingerprint, "k": args.k, "n_classes": n_classes, **arch_config,
@@ -670,6 +695,7 @@ def pretrain(args) -> None:
     if args.summary:
         write_json(args.summary, {"final": rows[-1], "config": config,
                                   "manifest": run_manifest(seed=args.seed, device=str(device), started=started)})
+    checkpoint.finished(args.checkpoint_dir)
     log.info("pretrained %d epochs: loss %.4f (min ln K = %.4f), mass outside the K-set mean %.2e max %.2e, "
              "test accuracy %.3f", args.epochs, rows[-1]["loss"], np.log(args.k), rows[-1]["mass_outside_mean"],
              rows[-1]["mass_outside_max"], rows[-1]["test_accuracy"])
@@ -728,8 +754,12 @@ def finetune(args) -> None:
         return [{"epoch": epoch, "group": g, **group_metrics(model, X, labels, w, mask, args.method)}
                 for g, mask in (("modified", modified), ("unmodified", ~modified))]
 
-    rows = log_step(0)
-    bar = tqdm(range(1, args.epochs + 1), desc=f"finetune {args.method}", mininterval=5)
+    ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir, checkpoint.auto_save_steps(args.epochs))
+    rows, start = _resume(ckpt, model, optim, gen)
+    if not rows:
+        rows = log_step(0)
+    bar = tqdm(range(start, args.epochs + 1), desc=f"finetune {args.method}", mininterval=5, initial=start - 1,
+               total=args.epochs)
     for epoch in bar:
         for idx in _batches(len(labels), args.batch_size, gen):
             idx = idx.to(device)
@@ -747,6 +777,7 @@ def finetune(args) -> None:
             optim.step()
         if epoch % args.log_every == 0 or epoch == args.epochs:
             rows += log_step(epoch)
+        _save(ckpt, epoch, args.epochs, model, optim, gen, rows)
     bar.close()
 
     out = Path(args.out_dir)
@@ -763,6 +794,7 @@ def finetune(args) -> None:
         "test_accuracy": _accuracy(model, X_te, y_te),
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started)})
     write_json(out / "config.json", config)
+    checkpoint.finished(args.checkpoint_dir)
     log.info("%s (%s), %d epochs: modified reward %.3f acc %.3f |grad| %.2e; unmodified reward %.3f acc %.3f",
              args.method, args.reward, args.epochs, final["modified"]["reward"], final["modified"]["accuracy"],
              final["modified"]["grad_norm"], final["unmodified"]["reward"], final["unmodified"]["accuracy"])
@@ -786,6 +818,8 @@ def main(argv=None):
                         help="data mirror directory (default: env SUITE_DATA_MIRROR, then the Hub)")
         sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         sp.add_argument("--threads", type=int, default=0)
+        sp.add_argument("--checkpoint-dir", default=None,
+                        help="resumable state here (~4 times per run); a rerun continues from the last one")
 
     pre = sub.add_parser("pretrain", help="pretrain on soft targets uniform over per-class K-sets")
     pre.add_argument("--dataset", default="digits", choices=DATASETS,

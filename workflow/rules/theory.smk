@@ -86,7 +86,9 @@ rule controlled_pretrain:
         " --optimizer {params.d[pretrain][optimizer]} --lr {params.d[pretrain][lr]}"
         " --epochs {params.d[pretrain][epochs]} --batch-size {params.d[pretrain][batch_size]}"
         " --seed {wildcards.seed} --data-seed {params.data_seed} --device {params.device} --threads {threads}"
-        " --out {output.ckpt} --metrics {output.metrics} --summary {output.summary} > {log} 2>&1"
+        " --out {output.ckpt} --metrics {output.metrics} --summary {output.summary}"
+        " --checkpoint-dir checkpoints/{wildcards.scale}/controlled_pretrain/{wildcards.dataset}/seed~{wildcards.seed}"
+        " > {log} 2>&1"
 
 
 rule controlled_finetune:
@@ -120,7 +122,9 @@ rule controlled_finetune:
         " --frac-modified {params.c[frac_modified]} --optimizer {params.v[optimizer]} --lr {params.v[lr]}"
         " --epochs {params.v[epochs]} --batch-size {params.v[batch_size]} --seed {wildcards.seed}"
         " --model-dir={params.model_dir:q} --mirror={params.mirror:q} --device {params.device}"
-        " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        " --threads {threads} --out-dir {params.out_dir} --checkpoint-dir"
+        " checkpoints/{wildcards.scale}/controlled_finetune/{wildcards.dataset}/{wildcards.variant}/{wildcards.method}/seed~{wildcards.seed}"
+        " > {log} 2>&1"
 
 
 rule theory_separation:
