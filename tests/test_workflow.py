@@ -427,3 +427,26 @@ def test_smoke_rerun_has_nothing_to_do(smoke_run):
     r = snakemake("-n", "--config", "scale=smoke", "--directory", str(smoke_run))
     assert r.returncode == 0
     assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_bench_prints_and_writes_its_table_on_the_smoke_resources(smoke_run, tmp_path):
+    """`python -m experiments.bench` runs every part on a run directory's prepared models and data, and the
+    Markdown table holds one row per measurement with the ratio, target and verdict columns filled."""
+    out = tmp_path / "bench.md"
+    r = subprocess.run([sys.executable, "-m", "experiments.bench", "--scale", "smoke", "--quick", "--threads", "2",
+                        "--root", str(smoke_run), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "SUITE_DATA_MIRROR": os.environ.get("SUITE_DATA_MIRROR", ""),
+                                         "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    assert text in r.stdout  # printed as written
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    parts = {row[0].lstrip("| ") for row in rows}
+    assert parts == {"machine", "CHES scorer", "reward-statistics sampling", "persona DPO", "PPO iteration"}
+    targets = [row for row in rows if row[4].strip()]
+    assert len(targets) == 5 and all(row[5].strip(" |") in ("yes", "**no**") for row in targets)
+    split = [float(row[3].split(" %")[0]) for row in rows if row[0] == "| PPO iteration" and row[1].startswith("  ")]
+    assert len(split) == 4 and abs(sum(split) - 100) <= 2  # the four parts make up the iteration
+    r = subprocess.run([sys.executable, "-m", "experiments.bench", "--scale", "smoke", "--root", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
