@@ -140,6 +140,22 @@ def test_persona_sft_micro_batches_give_the_full_batch_update(micro, tmp_path):
     assert moved > 0  # the runs trained: equal weights are not the untouched start
 
 
+def _ref_killed_resumed(train, tmp_path, name, kill):
+    """Run ``train(out, ckpt=None, kill=None)`` uninterrupted into ref/, then into run/ SIGKILLed right after
+    checkpoint ``kill``, then once more there: asserts each stage ended as it should (the killed run left a
+    checkpoint and no summary; the resumed one removed the checkpoint) and returns (ref, run, resumed)."""
+    ref = train(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / name
+    killed = train(out, ckpt, kill)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "summary.json").exists() and (ckpt / "state.pt").is_file()
+    resumed = train(out, ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not ckpt.exists()
+    return tmp_path / "ref", out, resumed
+
+
 def test_killed_persona_dpo_resumes_to_the_uninterrupted_result(micro, tmp_path):
     """persona_dpo killed right after its step-4 checkpoint (of 8 steps) and rerun ends with the
     uninterrupted run's per-step metrics (π(y±), loss, top risers), summary and theory check."""
@@ -160,17 +176,10 @@ def test_killed_persona_dpo_resumes_to_the_uninterrupted_result(micro, tmp_path)
             argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "2"]
         return _run(argv, kill)
 
-    ref = dpo(tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / "dpo"
-    killed = dpo(out, ckpt, kill=4)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not (out / "summary.json").exists() and (ckpt / "state.pt").is_file()
-    resumed = dpo(out, ckpt)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stderr and not ckpt.exists()
-    assert (out / "metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
-    assert (out / "summary.json").read_text() == (tmp_path / "ref/summary.json").read_text()
+    ref, out, resumed = _ref_killed_resumed(dpo, tmp_path, "dpo", kill=4)
+    assert "resuming from" in resumed.stderr
+    assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+    assert (out / "summary.json").read_text() == (ref / "summary.json").read_text()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 9 and rows[-1]["logp_chosen"] - rows[-1]["logp_rejected"] > rows[0]["logp_chosen"] - rows[0]["logp_rejected"]
 
@@ -232,22 +241,15 @@ def test_killed_ppo_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
             argv += ["--checkpoint-dir", str(ckpt), "--save-iterations", "2"]
         return _run(argv, kill)
 
-    ref = ppo(tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    out, ckpt = tmp_path / "run", tmp_path / "checkpoints" / "ppo"
-    killed = ppo(out, ckpt, kill=2)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not (out / "summary.json").exists() and (ckpt / "state.pt").is_file()
-    resumed = ppo(out, ckpt)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming at iteration 3 of 4" in resumed.stderr and not ckpt.exists()
+    ref, out, resumed = _ref_killed_resumed(ppo, tmp_path, "ppo", kill=2)
+    assert "resuming at iteration 3 of 4" in resumed.stderr
     assert "before: mean reward" not in resumed.stderr  # the initial model's evaluation came from the checkpoint
     drop = ["seconds"]
-    da, db = (pd.read_csv(d / "diagnostics.csv").drop(columns=drop) for d in (tmp_path / "ref", out))
+    da, db = (pd.read_csv(d / "diagnostics.csv").drop(columns=drop) for d in (ref, out))
     assert len(da) == 4
     pd.testing.assert_frame_equal(da, db)
-    assert (out / "per_input.csv").read_text() == (tmp_path / "ref/per_input.csv").read_text()
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
+    assert (out / "per_input.csv").read_text() == (ref / "per_input.csv").read_text()
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, out))
     for key in ("reward_before", "reward_after", "train_reward_first", "train_reward_last"):
         assert sa[key] == sb[key], key
     assert (da.grad_norm > 0).all() and (da.kl.iloc[1:] != 0).all()  # it trained: the policy left the reference
