@@ -30,7 +30,7 @@ def _score(args) -> None:
     import torch
 
     from experiments.ches.scorer import score_file
-    from experiments.common.torchutil import resolve_device, set_threads
+    from experiments.common.torchutil import resolve_device, resolve_precision, set_threads
     from experiments.models.load import load_causal_lm, load_tokenizer
 
     set_threads(args.threads)
@@ -43,6 +43,7 @@ def _score(args) -> None:
 
         hf_logging.disable_progress_bar()
         device = resolve_device(args.device)
+        args.precision = resolve_precision(args.precision, device)   # auto -> bf16 only where it is fast
         tok = load_tokenizer(args.model)
         model = load_causal_lm(args.model, device=str(device),
                                dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-prompt-tokens", type=int, default=128, help="keep the END of the prompt (0 = no limit)")
     s.add_argument("--max-response-tokens", type=int, default=128, help="keep the START of each response (0 = no limit)")
     s.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    s.add_argument("--precision", default=DEFAULT_PRECISION, choices=["fp32", "bf16"])
+    s.add_argument("--precision", default=DEFAULT_PRECISION, choices=["auto", "fp32", "bf16"])
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     s.add_argument("--no-progress", action="store_true", help="no tqdm bar")
