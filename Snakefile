@@ -38,8 +38,9 @@
 #       {summary.json,diagnostics.csv,per_input.csv}; results/<scale>/rft/finetune_runs.csv;
 #       figures/<scale>/table_rft_{findings,heuristics,cheap_sft}.{csv,md}, rft_{finding2,heuristics,cheap_sft,diagnostics}.*
 #   results/<scale>/refusal/{dpo_prompts.jsonl,sft_data.jsonl}; results/<scale>/refusal/<model>/{sft/,pairs.jsonl,
-#       samples.jsonl,gold.jsonl,ches_scores.csv,initial/summary.json}, …/<model>/<arm>/seed~<n>/{summary.json,responses.jsonl}
-#       (arm: dpo | dpo_sft_c<λ> | gold | ches_filtered | dpo_rr); results/<scale>/refusal/runs.csv;
+#       samples.jsonl,gold.jsonl,ches_scores.csv}, …/<model>/<arm>/seed~<n>/{summary.json,responses.jsonl}
+#       (arm: initial (the model before DPO, the arms' seeds) | dpo | dpo_sft_c<λ> | gold | ches_filtered | dpo_rr);
+#       results/<scale>/refusal/runs.csv (one row per model, arm incl. initial, seed);
 #       figures/<scale>/table_refusal.{csv,md}, table_refusal_top_ches.{csv,md}, refusal_rates.{png,pdf}
 #   figures/<scale>/summary.{csv,md}                       one row per claim of the papers (`snakemake summary`)
 #   figures/<scale>/table_runtime.{csv,md}                 wall time and peak RSS per rule and branch

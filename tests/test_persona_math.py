@@ -9,6 +9,7 @@ from experiments.common.cli import UserError
 from experiments.persona.dpo import largest_decrease, rank_correlations, theory_check, top_risers
 from experiments.persona.losses import next_token_logprobs, preference_loss, single_token_logprobs
 from experiments.persona.prompts import left_pad, select_prompt
+from experiments.persona.sft import make_optimizer
 from experiments.persona.tokens import (BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token,
                                         single_token_id)
 
@@ -140,27 +141,91 @@ def test_select_prompt_is_seeded_and_filtered():
         select_prompt(records[:1], "Yes", 1)
 
 
-def test_theory_check_on_unconstrained_features_model():
-    """P2 Thm 5 in its own setting: a trainable hidden vector h and fixed unembedding W. One small
-    gradient step on the DPO loss moves h along W+ − W−, so Δ ln π(z) is affine in ⟨W_z, W+ − W−⟩."""
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(50, 8, generator=g)
-    h = torch.randn(8, generator=g, requires_grad=True)
-    chosen, rejected = 3, 7
-    logp0 = torch.log_softmax(W @ h, -1).detach()
-    losses, _, _ = preference_loss(torch.log_softmax(W @ h, -1)[chosen].view(1),
-                                   torch.log_softmax(W @ h, -1)[rejected].view(1),
-                                   logp0[chosen].view(1), logp0[rejected].view(1), beta=0.1)
+def test_cos_dh_w_diff_hand_case():
+    """cos(Δh, W+ − W−) on a case worked by hand: W+ − W− = (1, −1), Δh = (3, −1), cos = 4/√20."""
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    h0, h1 = torch.tensor([0.5, 0.5]), torch.tensor([3.5, -0.5])
+    logp = torch.log_softmax(W @ h0, -1)
+    t = theory_check(logp, torch.log_softmax(W @ h1, -1), W, h0, h1, chosen_id=0, rejected_id=1)
+    # W+ alone would give 3/√10 = 0.949, W+ + W− 2/√20 = 0.447, Δh against itself 1
+    assert t["cos_dh_w_diff"] == pytest.approx(4 / math.sqrt(20), abs=1e-6)
+
+
+def _free_hidden_state(seed=0, V=50, d=8):
+    """P2's unconstrained-features setting for one prompt: logits W h with W fixed and h trainable."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(V, d, generator=g, dtype=torch.float64)
+    h = torch.randn(d, generator=g, dtype=torch.float64).requires_grad_()
+    return W, h
+
+
+def _dpo_step(W, h, optimizer, logp_ref, chosen, rejected, beta):
+    logp = torch.log_softmax(W @ h, -1)
+    losses, _, _ = preference_loss(logp[chosen].view(1), logp[rejected].view(1),
+                                   logp_ref[chosen].view(1), logp_ref[rejected].view(1), beta)
+    optimizer.zero_grad()
     losses.sum().backward()
-    h1 = (h - 1e-4 * h.grad).detach()
-    logp1 = torch.log_softmax(W @ h1, -1)
-    t = theory_check(logp0, logp1, W, h.detach(), h1, chosen, rejected)
-    assert t["cos_dh_w_diff"] == pytest.approx(1.0, abs=1e-4)
-    assert t["pearson"] > 0.999 and t["spearman"] > 0.99 and t["pearson_dh"] > 0.999
-    # a step in an unrelated direction breaks the first correlation but not the Δh one
-    h2 = h.detach() + 1e-4 * torch.randn(8, generator=g)
-    t2 = theory_check(logp0, torch.log_softmax(W @ h2, -1), W, h.detach(), h2, chosen, rejected)
-    assert abs(t2["cos_dh_w_diff"]) < 0.9 and t2["pearson"] < 0.9 and t2["pearson_dh"] > 0.999
+    optimizer.step()
+
+
+def test_dpo_sgd_step_moves_free_hidden_state_along_w_diff():
+    """What Thms 4–5 assume, derived: ∇_h ln π(y) = W_y − Σ_z π(z) W_z, so in ∇_h of ln π(y+) − ln π(y−)
+    the softmax means cancel and ∇_h ℓ = −β σ(−β m) (W+ − W−), m the margin over the reference. At the
+    reference (m = 0) one SGD step of size η gives Δh = (ηβ/2)(W+ − W−) exactly; the next one
+    ηβ σ(−β m₁)(W+ − W−) with m₁ = ⟨W+ − W−, Δh₁⟩ = (ηβ/2)‖W+ − W−‖². Then Δ ln π(z) = ⟨W_z, Δh⟩ − const
+    is affine in ⟨W_z, W+ − W−⟩ (Thm 5): Pearson 1."""
+    W, h = _free_hidden_state()
+    chosen, rejected, beta, lr = 3, 7, 0.1, 0.5
+    w_diff = W[chosen] - W[rejected]
+    logp0 = torch.log_softmax(W @ h, -1).detach()
+    h0 = h.detach().clone()
+    opt = make_optimizer("sgd", [h], lr)
+    _dpo_step(W, h, opt, logp0, chosen, rejected, beta)
+    h1 = h.detach().clone()
+    assert torch.allclose(h1 - h0, lr * beta / 2 * w_diff, atol=1e-12)
+    t = theory_check(logp0, torch.log_softmax(W @ h1, -1), W, h0, h1, chosen, rejected)
+    assert t["cos_dh_w_diff"] == pytest.approx(1.0, abs=1e-9)
+    assert t["pearson"] == pytest.approx(1.0, abs=1e-9) and t["spearman"] > 0.99
+    m1 = lr * beta / 2 * float(w_diff @ w_diff)
+    _dpo_step(W, h, opt, logp0, chosen, rejected, beta)
+    expected = lr * beta * torch.sigmoid(torch.tensor(-beta * m1, dtype=torch.float64)) * w_diff
+    assert torch.allclose(h.detach() - h1, expected, atol=1e-12)
+
+
+def test_sft_step_is_not_along_w_diff():
+    """A contrast the measure must see: an SFT step (−ln π(y+)) moves h along W+ − Σ_z π(z) W_z, whose
+    cosine with W+ − W− is well below 1 for a random W."""
+    W, h = _free_hidden_state(seed=1)
+    chosen, rejected, lr = 3, 7, 0.5
+    logp0 = torch.log_softmax(W @ h, -1).detach()
+    h0 = h.detach().clone()
+    opt = make_optimizer("sgd", [h], lr)
+    (-torch.log_softmax(W @ h, -1)[chosen]).backward()
+    opt.step()
+    h1 = h.detach()
+    u, v = W[chosen] - logp0.exp() @ W, W[chosen] - W[rejected]
+    expected = float(u @ v / (u.norm() * v.norm()))
+    t = theory_check(logp0, torch.log_softmax(W @ h1, -1), W, h0, h1, chosen, rejected)
+    assert t["cos_dh_w_diff"] == pytest.approx(expected, abs=1e-9)
+    assert expected < 0.9
+
+
+def test_rmsprop_first_step_is_sign_like():
+    """The persona runs use RMSprop. Its first step is −lr·g / (√((1 − α) g²) + ε) ≈ (lr/√(1 − α))·sign(−g),
+    so even with a free h it moves along sign(W+ − W−): cos = ‖v‖₁ / (√d ‖v‖₂) for v = W+ − W−, not 1."""
+    W, h = _free_hidden_state(seed=2)
+    chosen, rejected, beta, lr = 3, 7, 0.1, 1e-3
+    v = W[chosen] - W[rejected]
+    logp0 = torch.log_softmax(W @ h, -1).detach()
+    h0 = h.detach().clone()
+    opt = make_optimizer("rmsprop", [h], lr)
+    _dpo_step(W, h, opt, logp0, chosen, rejected, beta)
+    h1 = h.detach()
+    assert torch.allclose(h1 - h0, lr / math.sqrt(1 - 0.99) * v.sign(), rtol=1e-5)
+    t = theory_check(logp0, torch.log_softmax(W @ h1, -1), W, h0, h1, chosen, rejected)
+    expected = float(v.abs().sum() / (math.sqrt(len(v)) * v.norm()))
+    assert t["cos_dh_w_diff"] == pytest.approx(expected, abs=1e-5)
+    assert expected < 0.99
 
 
 class _Tok:
@@ -179,3 +244,13 @@ def test_single_token_id():
     assert single_token_id(_Tok(), "Yes") == 7
     with pytest.raises(UserError, match="'Absolutely' is not a single token"):
         single_token_id(_Tok(), "Absolutely")
+
+
+def test_cos_column_text_shows_an_interval_only_with_two_seeds():
+    from experiments.persona.figures import mean_ci_text
+
+    assert mean_ci_text([0.2]) == "0.20 (1 seed, no interval)"
+    assert mean_ci_text([0.1, 0.3]) == "0.20 ± 1.27"  # t_{0.975, 1} = 12.706, s/√n = 0.1
+    assert mean_ci_text([0.2, 0.2]) == "0.20 ± <0.01"  # never "± 0.00"
+    assert mean_ci_text([float("nan"), 0.4]) == "0.40 (1 seed, no interval)"
+    assert mean_ci_text([]) == "—"

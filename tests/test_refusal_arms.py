@@ -180,6 +180,7 @@ def test_eval_only_rate_comes_from_the_judged_responses(micro, pairs_file, tmp_p
         assert [r["score"] for r in resp] == [0.0 if len(r["response"]) % 2 == 0 else 1.0 for r in resp]
         want = sum(len(r["response"]) % 2 == 0 for r in resp) / len(resp)
         assert s[f"refusal_rate_{split}"] == pytest.approx(want)
+        assert s[f"n_scored_{split}"] == len(resp) and s[f"refused_{split}"] == pytest.approx(want * len(resp))
     assert json.loads((tmp_path / "init" / "summary.json").read_text())["refusal_rate_train"] == s["refusal_rate_train"]
 
 
@@ -247,3 +248,12 @@ def test_dpo_rr_trains_on_the_two_refusal_pairs(micro, tmp_path):
                         lr=None, eval_max_new_tokens=3))
     assert s["arm"] == "dpo_rr" and s["n_pairs"] == 3 and s["steps"] == 1 and s["lr"] == 5e-6
     assert s["n_prompts_train"] == 8  # evaluated on every train prompt, not only the trained ones
+
+
+def test_evaluate_counts_leave_out_unparsed_judge_outputs(monkeypatch):
+    """n_scored = prompts − unparsed; refused = Σ (1 − score); the rate is their ratio."""
+    monkeypatch.setattr(arms, "generate", lambda model, tok, ps, **kw: ["r"] * len(ps))
+    prompts = {"train": [{"id": f"p{i}", "prompt": "x"} for i in range(4)], "test": []}
+    ev = arms.evaluate(None, None, prompts, lambda p, r: np.array([0.0, np.nan, 1.0, 0.5]), seed=0)
+    assert ev["counts"] == {"train": (3, 1.5), "test": (0, 0.0)} and ev["unparsed"]["train"] == 1
+    assert ev["rates"]["train"] == pytest.approx(1.5 / 3) and ev["rates"]["test"] is None

@@ -99,3 +99,31 @@ def test_cli_writes_every_output(runs, tmp_path):
         assert (out / f"{name}.md").read_text().startswith("| task")
     for name in ("rft_finding2", "rft_heuristics", "rft_cheap_sft", "rft_diagnostics"):
         assert (out / f"{name}.png").stat().st_size > 5000
+
+
+def test_one_seed_has_no_interval_and_the_markdown_no_nan(runs, tmp_path):
+    r, per, _ = findings.collect(runs)
+    t = findings.heuristics_table(r, per, threshold=0.05, scale="tiny")
+    assert t["±95% CI"].isna().all() and t["±95% CI (small)"].isna().all()
+    assert t["source"].str.contains("1 seed, no interval").all()
+    findings.write_tables(t, tmp_path / "h")
+    md = (tmp_path / "h.md").read_text()
+    assert "nan" not in md.lower() and "<NA>" not in md and "—" in md
+    assert pd.read_csv(tmp_path / "h.csv")["±95% CI"].dtype == float
+
+
+def test_diverged_compares_with_the_default_runs_start(runs, tmp_path):
+    # the pretrained start is mean(MEAN0) = 0.25; ent_0.1 ends at 0.2 (below), lr_x10 at 0.2625 (above)
+    extra = _run(tmp_path, "pretrained", "ent_0.1", after=[0.1, 0.2, 0.2, 0.3])
+    r, per, _ = findings.collect([*runs, extra])
+    t = findings.heuristics_table(r, per, threshold=0.05, scale="tiny").set_index("arm")
+    assert t.loc["RFT, ent_0.1", "reward at start"] == 0.25 and t.loc["RFT, ent_0.1", "diverged"]
+    assert not t.loc["RFT, lr_x10", "diverged"] and not t.loc["SFT→RFT", "diverged"]
+
+
+def test_two_seeds_give_an_interval(tmp_path):
+    dirs = [_run(tmp_path, "pretrained", "default", after=[a + 0.1 * s for a in (0.1, 0.2, 0.5, 0.7)],
+                 before=(MEAN0, STD0), seed=s) for s in (0, 1)]
+    r, per, _ = findings.collect(dirs)
+    t = findings.heuristics_table(r, per, threshold=0.05, scale="tiny").iloc[0]
+    assert t["±95% CI"] > 0 and t["source"].endswith("2 seeds")

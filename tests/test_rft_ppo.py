@@ -176,17 +176,56 @@ def test_ppo_solves_a_two_step_token_mdp():
     assert expected > 0.9 * 1.0 and not math.isnan(expected)
 
 
-def test_zero_std_rewards_give_zero_policy_gradient():
-    """P1's mechanism in one line: equal rewards for every sample of an input -> zero advantage after
-    whitening over that input -> no policy gradient (the value head still learns)."""
-    policy = Tabular(1, 3)
-    a = torch.tensor([[0], [1], [2], [1]])
-    states = torch.zeros(4, 1, dtype=torch.long)
-    mask = torch.ones(4, 1)
-    ro = {"old_logp": policy.step_stats(states, a)[0].detach(), "old_values": torch.zeros(4, 1),
-          "advantages": torch.zeros(4, 1), "returns": torch.full((4, 1), 0.7), "mask": mask}
+def _one_update_from_task_rewards(task_reward):
+    """One PPO update on a tabular policy along the path ``train.rollout`` takes: the policy is its own
+    reference (the first rollout: KL term 0), the critic is zero, ``shaped_rewards`` puts the task reward
+    on each episode's last token, ``gae`` with γ = λ = 1, ``ppo_update`` whitens over the rollout.
+    Returns (advantages from gae, mask, how far the logits moved, how far the values moved)."""
+    gen = torch.Generator().manual_seed(0)
+    policy = Tabular(3, 4)
+    with torch.no_grad():
+        policy.logits.copy_(torch.randn(3, 4, generator=gen))  # not the uniform policy
+    n, T = len(task_reward), 3
+    states = torch.arange(T).repeat(n, 1)
+    actions = torch.randint(4, (n, T), generator=gen)
+    mask = torch.ones(n, T)
+    for i, length in enumerate([3, 2, 3, 1, 3, 2][:n]):  # episodes of different lengths
+        mask[i, length:] = 0
+    with torch.no_grad():
+        logp, _, v = policy.step_stats(states, actions)
+    rewards, _ = shaped_rewards(torch.tensor(task_reward), logp, logp.clone(), mask, kl_coef=0.1)
+    adv, ret = gae(rewards, v * mask, mask, 1.0, 1.0)
+    logits0, values0 = policy.logits.detach().clone(), policy.values.detach().clone()
+    ro = {"old_logp": logp, "old_values": v * mask, "advantages": adv, "returns": ret, "mask": mask}
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-    ppo_update(lambda idx: policy.step_stats(states[idx], a[idx]), list(policy.parameters()), opt, ro,
-               PPOConfig(n_epochs=1, batch_size=4, normalize_advantage=False, max_grad_norm=0.0))
-    assert torch.count_nonzero(policy.logits.detach()) == 0
-    assert float(policy.values.detach()[0]) != 0.0
+    ppo_update(lambda idx: policy.step_stats(states[idx], actions[idx]), list(policy.parameters()), opt, ro,
+               PPOConfig(n_epochs=2, batch_size=3, ent_coef=0.0, max_grad_norm=0.0), generator=gen)
+    return (adv, mask, float((policy.logits.detach() - logits0).abs().max()),
+            float((policy.values.detach() - values0).abs().max()))
+
+
+@pytest.mark.parametrize("reward", [0.5, 0.7])
+def test_equal_rewards_give_no_policy_gradient_through_gae_and_whitening(reward):
+    """P1's mechanism through the code: every sample gets the same task reward -> gae gives every valid
+    token the advantage R -> ppo_update's whitening maps it to 0 -> the policy does not move, while the
+    value table (target R) does. Control: the same rollout with unequal rewards moves the policy.
+    0.5 is exact; for 0.7 the float32 mean is off by one ulp and whitening's eps = 1e-8 (under the square
+    root) scales that to advantages of ~1e-3, so the logits move, but by far less than the control's."""
+    adv, mask, moved, value_moved = _one_update_from_task_rewards([reward] * 6)
+    assert torch.allclose(adv[mask.bool()], torch.tensor(reward))
+    assert torch.all(adv[~mask.bool()] == 0)
+    assert value_moved > 0.1
+    _, _, moved_control, _ = _one_update_from_task_rewards([reward, 0.0, 1.0, reward, 0.2, 0.9])
+    assert moved_control > 0.1
+    if reward == 0.5:
+        assert moved == 0.0
+    else:
+        assert moved < 1e-2 * moved_control
+
+
+def test_whitening_is_over_the_rollout_not_per_input():
+    """Two inputs whose samples each share a reward (zero std per input) but differ between inputs: the
+    advantages are whitened over the whole rollout, so the policy still moves (P1's bound is on the
+    expected gradient of each input, not on this sample estimate)."""
+    _, _, moved, _ = _one_update_from_task_rewards([0.2, 0.2, 0.2, 0.8, 0.8, 0.8])
+    assert moved > 0.1

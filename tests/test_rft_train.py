@@ -160,6 +160,13 @@ def test_ppo_cli_is_reproducible_and_skips_the_before_eval(models, task_file, tm
     da, db = (pd.read_csv(tmp_path / x / "diagnostics.csv") for x in ("a", "b"))
     assert da["mean_reward"].tolist() == db["mean_reward"].tolist()
     assert da["grad_norm"].tolist() == pytest.approx(db["grad_norm"].tolist(), rel=1e-5)
+    # the evaluation after training: the same per-input rewards and the same summary, timings aside
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "per_input.csv"),
+                                  pd.read_csv(tmp_path / "b" / "per_input.csv"))
+    timing = {"train_seconds", "eval_tokens_per_s", "manifest"}
+    assert set(a) == set(b) and {k: a[k] for k in a if k not in timing} == {k: b[k] for k in b if k not in timing}
+    assert {k: v for k, v in a["manifest"].items() if k != "wall_time_s"} == \
+        {k: v for k, v in b["manifest"].items() if k != "wall_time_s"}
 
 
 def test_ppo_cli_seq2seq(models, task_file, tmp_path):

@@ -54,8 +54,12 @@ def test_table_numbers_follow_the_inputs(tmp_path):
     cell = dict(zip(table["quantity"] + "|" + table["setting"], table["ours"]))
     share = next(v for k, v in cell.items() if k.startswith("inputs with") and "micro" in k)
     assert share.startswith("11/12")
-    slope = next(v for k, v in cell.items() if k.startswith("upper-envelope") and "micro" in k)
+    slope = next(v for k, v in cell.items() if k.startswith("decay exponent") and "micro" in k)
     assert float(slope) == pytest.approx(2.0, abs=0.01)
+    cs = next(v for k, v in cell.items() if k.startswith("inputs with ‖∇V‖ ≤ √2") and "micro" in k)
+    assert cs.startswith("11/12")   # 6·STD² > √2·STD only for STD > √2/6: the last row (STD 0.5) breaks it
+    tight = next(v for k, v in cell.items() if k.startswith("largest ‖∇V‖ / √2") and "micro" in k)
+    assert tight.count(";") == 11 and tight.endswith("1e-1: 2.1")   # one per decade; 6·0.5²/(√2·0.5) = 2.12
     rft = next(v for k, v in cell.items() if k.startswith("RFT: slope"))
     assert float(rft.split()[0]) == pytest.approx(-2.0, abs=0.01)
     sft = next(v for k, v in cell.items() if k.startswith("SFT: steps per decade"))

@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import read_json, save_figure, write_csv, write_table
+from experiments.common.io import read_json, save_figure, write_csv, write_text
 
 RUN_RE = re.compile(r"ches/(?P<model>[^/]+)/(?P<dataset>[^/]+)/(?P<loss>dpo|ipo)/(?P<measure>[a-z_]+)/"
                     r"q~(?P<quantile>[0-9.]+)/seed~(?P<seed>\d+)/?$")
@@ -55,21 +55,25 @@ def ches_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
     rows = []
     for (model, dataset, loss, measure), g in runs.groupby(["model", "dataset", "loss", "measure"], sort=False):
         by_q = g.groupby("quantile")["delta_logp_chosen"]
-        mean, sd = by_q.mean(), by_q.std(ddof=1)
+        mean, sd, count = by_q.mean(), by_q.std(ddof=1), by_q.count()
         seeds = g["seed"].nunique()
         row = {"model": model, "dataset": dataset, "loss": loss, "measure": MEASURES.get(measure, measure)}
         for q in mean.index:
-            row[f"Δ ln π(y+) at q={q:g}"] = f"{mean[q]:.3f}" + (f" ± {sd[q]:.3f}" if seeds > 1 else "")
+            row[f"Δ ln π(y+) at q={q:g}"] = f"{mean[q]:.3f}" + (f" ± {sd[q]:.3f}" if count[q] > 1 else "")
         row["Spearman(quantile, Δ)"] = round(float(g["quantile"].corr(g["delta_logp_chosen"], method="spearman")), 2)
         row["lowest Δ at the top quantile"] = bool(mean.idxmin() == mean.index.max())
         row["paper"] = PAPER.get(measure, "")
-        row["source"] = f"ours, {scale} scale, {seeds} seed{'s' if seeds > 1 else ''}, {int(g['n'].iloc[0])} pairs per subset"
+        row["source"] = (f"ours, {scale} scale, " + (f"{seeds} seeds" if seeds > 1 else "1 seed (no interval)")
+                         + f", {int(g['n'].iloc[0])} pairs per subset")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def ches_figure(runs: pd.DataFrame, prefix: str) -> None:
+    """Δ ln π(y+) against the quantile, one panel per measure (and setting); a 95 % bootstrap band over
+    seeds only when every point has at least two seeds (one value has no interval)."""
     sns.set_theme(context="paper", style="whitegrid")
+    min_seeds = int(runs.groupby(["model", "dataset", "loss", "measure", "quantile"])["seed"].nunique().min())
     data = runs.assign(measure=runs["measure"].map(MEASURES).fillna(runs["measure"]),
                        setting=[f"{m}, {d}, {loss.upper()}" for m, d, loss in
                                 zip(runs["model"], runs["dataset"], runs["loss"], strict=True)])
@@ -77,13 +81,15 @@ def ches_figure(runs: pd.DataFrame, prefix: str) -> None:
     settings = data["setting"].unique()
     grid = sns.relplot(data=data, x="quantile", y="delta_logp_chosen", col="measure",
                        row="setting" if len(settings) > 1 else None, kind="line", marker="o",
-                       errorbar=("ci", 95), seed=0, col_order=order, height=3.0, aspect=1.15,
+                       errorbar=("ci", 95) if min_seeds > 1 else None, seed=0, col_order=order, height=3.0, aspect=1.15,
                        facet_kws={"sharey": True, "margin_titles": True})
     grid.set_titles(col_template="{col_name}", row_template="{row_name}")
     for ax in grid.axes.flat:
         ax.axhline(0, color="0.5", lw=0.8)
     grid.set_axis_labels("quantile of the measure", "Δ ln π(y+) (mean over subset)")
-    title = "P2 Fig. 2: DPO on subsets centred at quantiles of each measure (mean, 95% CI over seeds)"
+    title = "P2 Fig. 2: DPO on subsets centred at quantiles of each measure " + (
+        "(mean, 95% CI over seeds)" if min_seeds > 1 else
+        f"({'one seed' if runs['seed'].nunique() == 1 else 'some points from one seed'}: no interval)")
     grid.figure.suptitle(title + (f"\n{settings[0]}" if len(settings) == 1 else ""), y=1.12)
     save_figure(grid.figure, prefix)
 
@@ -100,7 +106,10 @@ def main(argv=None):
     write_csv(runs, args.out_csv)
     table = ches_table(runs, args.scale)
     out = Path(args.out_dir)
-    write_table(table, out / "table_ches")
+    write_csv(table, out / "table_ches.csv", float_format=None)
+    # an undefined Spearman (all Δ equal) is empty in the CSV and "—" in the Markdown, not "nan"
+    write_text(out / "table_ches.md",
+               table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="—") + "\n")
     ches_figure(runs, str(out / "ches_quantiles"))
 
 

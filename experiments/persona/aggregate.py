@@ -48,7 +48,7 @@ def collect(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "p_rejected_start": s["p_rejected_start"], "p_rejected_end": s["p_rejected_end"],
             "train_loss_start": s["loss_start"], "train_loss_end": s["loss_end"],
             "theory_pearson": theory.get("pearson"), "theory_spearman": theory.get("spearman"),
-            "theory_cos_dh_w_diff": theory.get("cos_dh_w_diff"), "theory_pearson_dh": theory.get("pearson_dh"),
+            "theory_cos_dh_w_diff": theory.get("cos_dh_w_diff"),
             "top_risers": json.dumps([{k: r[k] for k in ("token", "dp", "meaning")}
                                       for r in s["top_risers"]], ensure_ascii=False),
         })

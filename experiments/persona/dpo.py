@@ -4,8 +4,9 @@ Every step logs π(y+), π(y−), the loss, and the tokens whose probability ros
 the start (over the whole vocabulary). The reference log-probs are computed once, before training. The run's
 summary holds the largest decrease of π(y+) (start → minimum, P2 Table 1) and its largest drawdown
 (peak → later trough), the tokens that gained most over the drawdown window classified benign /
-catastrophic (see ``experiments.persona.tokens``), and the single-token theory check: the correlation,
-over the vocabulary, between Δ ln π(z) after the first step and ⟨W_z, W_{y+} − W_{y−}⟩ (P2 Thm 5).
+catastrophic (see ``experiments.persona.tokens``), and the single-token theory check after the first
+step: the correlation, over the vocabulary, between Δ ln π(z) and ⟨W_z, W_{y+} − W_{y−}⟩ (P2 Thm 5), and
+cos(Δh, W_{y+} − W_{y−}), which the theorem's unconstrained-features setting makes 1 (see ``theory_check``).
 
     python -m experiments.persona.dpo --model-dir DIR --data persona.jsonl --chosen Yes --rejected No \
         --prompts-with-amb No --loss dpo --beta 0.1 --lr 1e-7 --steps 101 --seed 9773 --out-dir RUN/
@@ -92,16 +93,18 @@ def theory_check(logp_before: torch.Tensor, logp_after: torch.Tensor, W: torch.T
 
     P2 Thm 5 (unconstrained features, gradient flow): Δ ln π(z) = c1·⟨W_z, W_{y+} − W_{y−}⟩ + c0 with c1 > 0,
     so over the vocabulary Δ ln π(z) should correlate with ⟨W_z, W_{y+} − W_{y−}⟩ (``pearson``,
-    ``spearman``). In a real network the hidden state h moves along J Jᵀ(W_{y+} − W_{y−}) rather than
-    W_{y+} − W_{y−}; ``cos_dh_w_diff`` says how well it follows, and ``pearson_dh`` how well
-    ⟨W_z, Δh⟩ explains Δ ln π(z). W is the unembedding [V, d]; h the last-position hidden state [d].
+    ``spearman``). The theorem assumes what its setting gives for free: the hidden state h is a free
+    parameter, so a gradient step moves it exactly along W_{y+} − W_{y−} (the softmax's mean terms of
+    ∇_h ln π(y+) and ∇_h ln π(y−) cancel). ``cos_dh_w_diff`` = cos(Δh, W_{y+} − W_{y−}) measures whether
+    that assumption holds in a real network, where h moves along J Jᵀ(W_{y+} − W_{y−}) instead (and an
+    adaptive optimiser's first step is sign-like). W is the unembedding [V, d]; h the last-position
+    hidden state [d], the input of the unembedding.
     """
     d_logp = logp_after - logp_before
     w_diff = W[chosen_id] - W[rejected_id]
     dh = h_after - h_before
     return rank_correlations(d_logp, W @ w_diff) | {
-        "pearson_dh": rank_correlations(d_logp, W @ dh)["pearson"],
-        "cos_dh_w_diff": float(torch.nn.functional.cosine_similarity(dh, w_diff, dim=0)),
+        "cos_dh_w_diff": float(torch.nn.functional.cosine_similarity(dh.double(), w_diff.double(), dim=0)),
     }
 
 

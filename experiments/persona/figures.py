@@ -11,6 +11,9 @@ import json
 from collections import Counter
 
 import matplotlib
+import matplotlib.patches
+import numpy as np
+import scipy.stats as sps
 
 matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
@@ -24,11 +27,12 @@ SETTINGS = {("sft", "dpo"): "post-SFT DPO (Table 1)", ("base", "dpo"): "base DPO
             ("sft", "ipo"): "post-SFT IPO (Table 3)"}
 DECREASE = "π(y+) decrease, start → min (P2 metric)"
 THEORY = "step-1 corr. of Δln π(z) with ⟨W_z, W+ − W−⟩ (Thm 5)"
-THEORY_DH = "… with ⟨W_z, Δh⟩ (observed hidden shift)"
+COS_DH = "step-1 cos(Δh, W+ − W−), assumed 1 by Thms 4–5 (mean ± 95% CI)"
 DRAWDOWN = "π(y+) decrease, peak → later min"
 COLUMNS = ["setting", "model", "y+", "y−", DECREASE, DRAWDOWN, "runs where π(y+) fell",
            "benign tokens increasing most", "catastrophic tokens increasing most",
-           THEORY, THEORY_DH, "source"]
+           THEORY, COS_DH, "source"]
+PAPER_START = (min(r[3] for r in paper.TABLE1), max(r[3] for r in paper.TABLE1))  # π(y+) at start, Table 1
 
 
 def show_token(token: str) -> str:
@@ -46,6 +50,18 @@ def top_tokens(riser_lists: list[list[dict]], meaning: str, n: int = 3) -> str:
     return ", ".join(t for t, _ in counts.most_common(n)) or "—"
 
 
+def mean_ci_text(values) -> str:
+    """Mean over seeds, with the half-width of its 95 % t-interval when there are ≥ 2 seeds."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return "—"
+    if len(x) == 1:
+        return f"{x[0]:.2f} (1 seed, no interval)"
+    half = sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return f"{x.mean():.2f} ± {half:.2f}" if half >= 0.005 else f"{x.mean():.2f} ± <0.01"
+
+
 def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
     rows = []
     for (init, loss, model, chosen, rejected), g in runs.groupby(
@@ -58,7 +74,7 @@ def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
             "runs where π(y+) fell": f"{int(g.displaced.sum())}/{len(g)}",
             "benign tokens increasing most": top_tokens(risers, "benign"),
             "catastrophic tokens increasing most": top_tokens(risers, "catastrophic"),
-            THEORY: f"{g.theory_pearson.mean():.2f}", THEORY_DH: f"{g.theory_pearson_dh.mean():.2f}",
+            THEORY: f"{g.theory_pearson.mean():.2f}", COS_DH: mean_ci_text(g.theory_cos_dh_w_diff),
             "source": f"ours, {scale} scale, {len(g)} seed{'s' if len(g) > 1 else ''}",
         })
     for model, chosen, rejected, p0, pmin, benign, catastrophic in paper.TABLE1:
@@ -67,7 +83,7 @@ def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
             DECREASE: f"{p0 - pmin:.2f} ({p0:.2f} → {pmin:.2f})", DRAWDOWN: "",
             "runs where π(y+) fell": "", "benign tokens increasing most": benign,
             "catastrophic tokens increasing most": catastrophic,
-            THEORY: "", THEORY_DH: "", "source": paper.SOURCE,
+            THEORY: "", COS_DH: "", "source": paper.SOURCE,
         })
     order = {v: i for i, v in enumerate(SETTINGS.values())}
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -81,17 +97,51 @@ def write_tables(table: pd.DataFrame, prefix: str) -> None:
 
 
 def trajectory_figure(steps: pd.DataFrame, prefix: str) -> None:
+    """π(y+) over steps, one panel per model × setting: the mean over seeds, with 95 % CI bands only
+    when every curve has ≥ 2 seeds. On the post-SFT DPO panels a grey dashed band marks the range of π(y+)
+    at the start of P2 Table 1's runs (the paper's post-SFT models, not ours); where drawing it would
+    flatten our curves to a line, the legend says that it lies off that panel's scale instead."""
     data = steps.assign(
         setting=[SETTINGS[(i, l)] for i, l in zip(steps["init"], steps["loss"])],
         pair=[f"{c} ≻ {r}" for c, r in zip(steps["chosen"], steps["rejected"])],
     ).rename(columns={"p_chosen": "π(y+)"})
+    seeds = data.groupby(["model", "setting", "pair"])["seed"].nunique()
+    with_ci = seeds.min() >= 2
     sns.set_theme(context="paper", style="whitegrid")
     present = set(data["setting"])
     grid = sns.relplot(data=data, x="step", y="π(y+)", hue="pair", col="setting", row="model", kind="line",
                        col_order=[s for s in SETTINGS.values() if s in present],
-                       errorbar=("ci", 95), seed=0, height=2.6, aspect=1.3,
+                       errorbar=("ci", 95) if with_ci else None, seed=0, height=2.6, aspect=1.3,
                        facet_kws={"sharey": False, "margin_titles": True})
-    grid.figure.suptitle("π(y+) during single-prompt preference training (mean, 95% CI over seeds)", y=1.02)
+    lo, hi = PAPER_START
+    style = dict(facecolor=(0.6, 0.6, 0.6, 0.25), edgecolor="0.3", ls="--", lw=0.8)
+    off_scale = []  # models whose post-SFT curves would be flattened by the band: named in the legend instead
+    for (model, setting), ax in grid.axes_dict.items():
+        if setting != SETTINGS[("sft", "dpo")]:
+            continue
+        y0, y1 = ax.get_ylim()
+        if (y1 - y0) >= 0.1 * (max(y1, hi) - min(y0, lo)):
+            ax.axhspan(lo, hi, zorder=0, **style)
+            ax.set_ylim(min(y0, lo), max(y1, min(hi + 0.03, 1.02)))
+        else:
+            off_scale.append(f"{'above' if y1 < lo else 'below'} the scale for {model}")
+    if any(s == SETTINGS[("sft", "dpo")] for _, s in grid.axes_dict):
+        entries = {}
+        for ax in grid.axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        label = f"paper (P2 Table 1): π(y+) at start, {lo:.2f}–{hi:.2f}"
+        entries["\n".join([label, *(f"({w})" for w in off_scale)])] = matplotlib.patches.Patch(**style)
+        grid.legend.remove()
+        grid.add_legend(entries, title="pair")
+    n_seeds = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+    if with_ci:
+        spread = f"mean and 95% CI over {n_seeds} seeds"
+    elif seeds.max() > 1:  # some curve has one seed: no band anywhere
+        spread = f"mean over {n_seeds} seeds, no interval"
+    else:
+        spread = "1 seed, no interval"
+    grid.figure.suptitle(f"π(y+) during single-prompt preference training ({spread})", y=1.02)
     save_figure(grid.figure, prefix)
 
 

@@ -37,13 +37,18 @@ applied), ``--eval-max-new-tokens`` 512, chat template, left-padded batches unde
 ``--precision bf16`` (:mod:`experiments.rft.stats`). Judge: the rule judge
 :func:`experiments.refusal.judge.judge_batch` (tiny) or the SORRY-Bench judge LLM (``--judge
 sorry-bench``); refusal rate = 1 − mean score (unparsed judge outputs left out and counted).
+The summary keeps the counts behind each rate, so rates of several seeds can be pooled:
+``n_scored_<split>`` (judged responses = prompts − unparsed) and ``refused_<split>`` (Σ (1 − score)
+over them: the number of refusals for a 0/1 judge), ``refusal_rate_<split> = refused / n_scored``.
 
-``--eval-only`` evaluates ``--model`` as it is (the initial refusal rates): no training, Δ = 0.
+``--eval-only`` evaluates ``--model`` as it is (the initial refusal rates): no training, Δ = 0; given
+the arms' ``--seed`` list it samples with each of their seeds (the workflow does so).
 
     python -m experiments.refusal.arms --arm dpo_sft --sft-coef 0.1 --model DIR --pairs pairs.jsonl \\
         --seed 0 1 2 --lr 5e-6 --out-dir 'runs/dpo_sft/seed~{seed}'
     python -m experiments.refusal.arms --arm ches_filtered --ches-scores scores.csv --keep-fraction 0.05 ...
-    python -m experiments.refusal.arms --eval-only --model DIR --pairs pairs.jsonl --out-dir runs/initial
+    python -m experiments.refusal.arms --eval-only --model DIR --pairs pairs.jsonl --seed 0 1 2 \\
+        --out-dir 'runs/initial/seed~{seed}'
 
 Output per seed: ``<out>/summary.json`` and ``<out>/responses.jsonl`` (``id``, ``split``, ``response``,
 ``score``).
@@ -274,22 +279,24 @@ def refusal_rate(scores: np.ndarray) -> float | None:
 
 def evaluate(model, tokenizer, prompts: dict[str, list[dict]], judge, *, seed: int, **gen) -> dict:
     """Generate + judge for every split; returns the response rows and the per-split rates."""
-    rows, rates, unparsed = [], {}, {}
+    rows, rates, unparsed, counts = [], {}, {}, {}
     for split in ("train", "test"):
         ps = prompts[split]
         if not ps:
-            rates[split], unparsed[split] = None, 0
+            rates[split], unparsed[split], counts[split] = None, 0, (0, 0.0)
             continue
         responses = generate(model, tokenizer, ps, split=split, seed=seed, **gen)
         scores = np.asarray(judge([p["prompt"] for p in ps], responses), dtype=np.float64)
         if scores.shape != (len(ps),):
             raise UserError(f"the judge returned {scores.shape} scores for {len(ps)} responses")
         rates[split], unparsed[split] = refusal_rate(scores), int(np.isnan(scores).sum())
+        ok = scores[~np.isnan(scores)]
+        counts[split] = (int(ok.size), float((1.0 - ok).sum()))  # (judged responses, refusals among them)
         rows += [{"id": p["id"], "split": split, "response": r, "score": None if math.isnan(s) else float(s)}
                  for p, r, s in zip(ps, responses, scores.tolist())]
         log.info("%s refusal rate %s (%d prompts, %d unparsed)", split,
                  "n/a" if rates[split] is None else f"{rates[split]:.4f}", len(ps), unparsed[split])
-    return {"rows": rows, "rates": rates, "unparsed": unparsed}
+    return {"rows": rows, "rates": rates, "unparsed": unparsed, "counts": counts}
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -489,6 +496,8 @@ def run(args) -> list[dict]:
         summary.update({
             "refusal_rate_train": ev["rates"]["train"], "refusal_rate_test": ev["rates"]["test"],
             "n_prompts_train": len(prompts["train"]), "n_prompts_test": len(prompts["test"]),
+            "n_scored_train": ev["counts"]["train"][0], "refused_train": ev["counts"]["train"][1],
+            "n_scored_test": ev["counts"]["test"][0], "refused_test": ev["counts"]["test"][1],
             "judge_unparsed": ev["unparsed"], "eval_seconds": round(time.time() - t_eval, 3),
             "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if summaries else started,
                                      threads=args.threads, model=str(args.model), pairs=str(args.pairs),

@@ -7,13 +7,21 @@ is ``default`` or one §5.1 knob (``lr_x10``, ``temp_2``, ``ent_0.1``). Rewards 
 
 * **Finding II** (per input): the RFT gain ``after − before`` of ``pretrained/default`` against the
   input's initial reward std (under the pretrained model); the SFT gain ``SFT − pretrained`` of the same
-  input (the full SFT model's "before" rewards) for contrast. Binned means with 95 % t-intervals + scatter.
+  input (the full SFT model's "before" rewards) for contrast. Binned means with 95 % t-intervals over the
+  bin's inputs (none for a bin of one input) + scatter.
 * **Finding III** (per task): share of inputs with initial std below the threshold, and the mean RFT,
   SFT and SFT→RFT gains over the pretrained model.
 * **§5.1**: the final reward, on all inputs and on the small-std inputs, of each heuristic next to
-  default RFT and SFT→RFT.
+  default RFT and SFT→RFT, with a 95 % t-interval over seeds (only from two seeds up) and whether the arm
+  *diverged*: its final reward on all inputs fell below its start. The start is the run's own
+  ``reward_before``; a heuristic arm skips that evaluation (``--no-eval-before``: its initial model is
+  the pretrained one), so its start is the ``reward_before`` of ``pretrained/default`` with the same seed
+  (same model, inputs and evaluation sampling).
 * **§5.2**: final reward of RFT after SFT on a fraction of inputs for a fraction of steps, as a
-  percentage of full SFT→RFT.
+  percentage of full SFT→RFT; the figure marks the paper's one reported cell.
+
+An empty cell (no interval from one seed, no small-std input, no SFT run) is empty in the CSV, so
+numeric columns stay numeric, and "—" in the Markdown.
 
     python -m experiments.rft.findings --runs RUN_DIR... --scale tiny --threshold 0.05 \
         --out-csv results/tiny/rft/finetune_runs.csv --out-dir figures/tiny
@@ -34,7 +42,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from experiments.common.cli import UserError, main_guard
-from experiments.common.io import read_json, save_figure, write_csv, write_table
+from experiments.common.io import read_json, save_figure, write_csv, write_text
 
 RUN_RE = re.compile(r"runs/(?P<task>[^/]+)/(?P<init>pretrained|sft_d(?P<d>[0-9.]+)_s(?P<s>[0-9.]+))/"
                     r"(?P<variant>[^/]+)/seed~(?P<seed>\d+)/?$")
@@ -73,13 +81,14 @@ def collect(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
 
 
 def mean_ci(x) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t-interval (0 for one value)."""
+    """Mean and the half-width of its 95 % t-interval; the half-width is NaN for one value (one value
+    has no interval, not a zero-width one) and both are NaN for none."""
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return float("nan"), float("nan")
     if len(x) == 1:
-        return float(x[0]), 0.0
+        return float(x[0]), float("nan")
     return float(x.mean()), float(sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
 
 
@@ -123,7 +132,21 @@ def findings_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, scal
     return pd.DataFrame(rows)
 
 
+def _start_reward(runs: pd.DataFrame, task: str, init: str, variant: str) -> pd.Series:
+    """Per seed, the reward the arm started from (see the module docstring): the run's own
+    ``reward_before``, else that of ``pretrained/default`` (same seed) for a pretrained heuristic arm."""
+    r = runs[runs.task == task]
+    own = r[(r.init == init) & (r.variant == variant)].set_index("seed")["reward_before"].astype(float)
+    if init == "pretrained" and variant != "default":
+        ref = r[(r.init == "pretrained") & (r.variant == "default")].set_index("seed")["reward_before"].astype(float)
+        own = own.fillna(ref.reindex(own.index))
+    return own
+
+
 def heuristics_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, scale: str) -> pd.DataFrame:
+    """One row per task and arm: mean final reward over seeds on all inputs and on the small-std inputs,
+    each with its 95 % t-interval over seeds (empty for one seed), the start reward and ``diverged``
+    (mean final reward on all inputs below the mean start; empty when the start is unknown)."""
     rows = []
     for task in sorted(runs.task.unique()):
         g = per_input_gains(per, task).set_index("input_id")
@@ -131,19 +154,27 @@ def heuristics_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, sc
         p = per[(per.task == task)]
         arms = [("pretrained", v) for v in sorted(p[p.init == "pretrained"].variant.unique())]
         arms += [(FULL_SFT, "default")] if ((p.init == FULL_SFT) & (p.variant == "default")).any() else []
-        n_seeds = runs[runs.task == task].seed.nunique()
         for init, variant in arms:
             a = p[(p.init == init) & (p.variant == variant)]
             by_seed_all = a.groupby("seed")["mean_after"].mean()
             by_seed_small = a[a.input_id.isin(small)].groupby("seed")["mean_after"].mean()
             m, ci = mean_ci(by_seed_all)
             ms, cis = mean_ci(by_seed_small) if len(small) else (float("nan"), float("nan"))
+            start = _start_reward(runs, task, init, variant).reindex(by_seed_all.index)
+            diverged = bool(m < start.mean()) if start.notna().all() and len(start) else pd.NA
+            seeds = a.seed.nunique()
             arm = "SFT→RFT" if init == FULL_SFT else ("RFT (default)" if variant == "default" else f"RFT, {variant}")
+            source = f"our run, {scale} scale, " + (f"{seeds} seeds" if seeds > 1 else "1 seed, no interval")
+            if (task, "heuristics") in PAPER:
+                source += "; paper: " + PAPER[(task, "heuristics")]
             rows.append({"task": task, "arm": arm, "final reward": round(m, 4), "±95% CI": round(ci, 4),
                          f"final reward, std < {threshold:g} inputs": round(ms, 4), "±95% CI (small)": round(cis, 4),
-                         "small-std inputs": len(small),
-                         "source": f"our run, {scale} scale, {n_seeds} seed(s)"})
-    return pd.DataFrame(rows)
+                         "small-std inputs": len(small), "reward at start": round(float(start.mean()), 4),
+                         "diverged": diverged, "source": source})
+    t = pd.DataFrame(rows)
+    if not t.empty:
+        t["diverged"] = t["diverged"].astype("boolean")
+    return t
 
 
 def cheap_sft_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
@@ -154,12 +185,21 @@ def cheap_sft_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
         if not np.isfinite(full) or full == 0:
             raise UserError(f"{task}: the full SFT→RFT run ({FULL_SFT}) is missing or has zero reward")
         for (d, s), cell in t.groupby(["data_frac", "steps_frac"]):
+            seeds = cell.seed.nunique()
             rows.append({"task": task, "data fraction": d, "steps fraction": s,
                          "final reward": round(float(cell["reward_after"].mean()), 4),
                          "% of full SFT→RFT": round(float(100 * cell["reward_after"].mean() / full), 1),
-                         "source": f"our run, {scale} scale, {cell.seed.nunique()} seed(s); paper: "
+                         "source": f"our run, {scale} scale, {seeds} seed{'s' if seeds > 1 else ''}; paper: "
                                    + PAPER[("any", "cheap_sft")]})
     return pd.DataFrame(rows)
+
+
+def write_tables(table: pd.DataFrame, prefix) -> None:
+    """``<prefix>.csv`` (an empty cell stays empty, so numeric columns stay numeric) and ``<prefix>.md``,
+    where an empty cell shows as "—" rather than pandas' "nan" / "<NA>"."""
+    write_csv(table, f"{prefix}.csv", float_format=None)
+    md = table.astype(object).where(table.notna(), None)
+    write_text(f"{prefix}.md", md.to_markdown(index=False, missingval="—") + "\n")
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -190,8 +230,12 @@ def finding2_figure(runs, per, threshold, prefix, bins: int = 4):
             if not ok.any():
                 continue
             ax.scatter(g.loc[ok, "std0"], g.loc[ok, col], s=10, alpha=0.35, color=colour)
-            c, m, ci = _binned(g.loc[ok, "std0"].to_numpy(), g.loc[ok, col].to_numpy(), bins)
-            ax.errorbar(c, m, yerr=ci, marker="o", color=colour, capsize=3, label=f"{label} (binned mean, 95% CI)")
+            c, m, ci = (np.asarray(v, dtype=float) for v in
+                        _binned(g.loc[ok, "std0"].to_numpy(), g.loc[ok, col].to_numpy(), bins))
+            ax.plot(c, m, marker="o", color=colour, label=f"{label} (binned mean, 95% CI over its inputs)")
+            has = np.isfinite(ci)  # a bin of one input has no interval: no error bar
+            if has.any():
+                ax.errorbar(c[has], m[has], yerr=ci[has], fmt="none", ecolor=colour, capsize=3)
         ax.axvline(threshold, color="grey", ls=":", lw=1)
         ax.axhline(0, color="black", lw=0.6)
         ax.set(title=task, xlabel="initial reward std (pretrained model)", ylabel="reward gain on the input")
@@ -207,17 +251,38 @@ def heuristics_figure(table: pd.DataFrame, threshold: float, prefix):
     col = f"final reward, std < {threshold:g} inputs"
     for ax, task in zip(axes[0], tasks):
         t = table[table.task == task]
+        x = np.arange(len(t))
+        y = t[col].to_numpy(dtype=float)
+        ci = t["±95% CI (small)"].to_numpy(dtype=float)
+        diverged = t["diverged"].fillna(False).to_numpy(dtype=bool)
         colours = ["C1" if a == "SFT→RFT" else "C0" for a in t.arm]
-        ax.bar(t.arm, t[col], yerr=t["±95% CI (small)"], color=colours, capsize=3)
-        ax.set(title=f"{task}: inputs with initial std < {threshold:g}", ylabel="final reward")
+        ax.bar(x, np.nan_to_num(y), color=colours, hatch=["//" if d else "" for d in diverged],
+               edgecolor="white")
+        has = np.isfinite(ci)  # one seed: no interval, no error bar
+        if has.any():
+            ax.errorbar(x[has], y[has], yerr=ci[has], fmt="none", ecolor="black", capsize=3)
+        for xi, yi, d in zip(x, y, diverged):
+            if d:
+                ax.annotate("diverged", (xi, np.nan_to_num(yi)), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 2), textcoords="offset points")
+        seeds = "error bars: 95% CI over seeds" if has.any() else "one seed: no error bars"
+        ax.set_xticks(x, t.arm)
+        ax.set(title=f"{task}: inputs with initial std < {threshold:g}\n({seeds}; hatched: final reward on all "
+                     "inputs below its start)", ylabel="final reward")
+        ax.title.set_fontsize(8)
         ax.tick_params(axis="x", rotation=35, labelsize=7)
-    fig.suptitle("P1 §5.1: default RFT, larger lr, higher temperature or entropy bonus, and SFT→RFT, on small-std inputs", fontsize=9)
+    fig.suptitle("P1 §5.1: default RFT, larger lr, higher temperature or entropy bonus, and SFT→RFT, on small-std inputs",
+                 fontsize=9, y=1.04)
     save_figure(fig, prefix)
+
+
+PAPER_CHEAP_SFT = (0.01, 0.4, 96)  # P1 Fig. 4: data fraction, steps fraction, ≈ % of full SFT→RFT
 
 
 def cheap_sft_figure(table: pd.DataFrame, prefix):
     tasks = sorted(table.task.unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.3), squeeze=False)
+    d0, s0, pct0 = PAPER_CHEAP_SFT
     for ax, task in zip(axes[0], tasks):
         t = table[table.task == task].pivot(index="data fraction", columns="steps fraction", values="% of full SFT→RFT")
         im = ax.imshow(t.to_numpy(), cmap="viridis", origin="lower", aspect="auto")
@@ -225,7 +290,18 @@ def cheap_sft_figure(table: pd.DataFrame, prefix):
         ax.set_yticks(range(len(t.index)), [f"{c:g}" for c in t.index])
         for i in range(t.shape[0]):
             for j in range(t.shape[1]):
-                ax.text(j, i, f"{t.iat[i, j]:.0f}%", ha="center", va="center", color="white", fontsize=8)
+                if np.isfinite(t.iat[i, j]):  # dark text on the bright end of viridis
+                    ax.text(j, i, f"{t.iat[i, j]:.0f}%", ha="center", va="center", fontsize=8,
+                            color="black" if im.norm(t.iat[i, j]) > 0.6 else "white")
+        if d0 in t.index and s0 in t.columns:  # the paper's cell is in our grid: outline it
+            i, j = t.index.get_loc(d0), t.columns.get_loc(s0)
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+            where = "red box"
+        else:
+            where = "not in this grid"
+        ax.text(0.5, -0.2, f"paper (P1 Fig. 4): {d0:g} of the inputs, {s0:g} of the steps → ≈{pct0}% "
+                           f"of full SFT→RFT ({where})", transform=ax.transAxes, ha="center", va="top",
+                fontsize=7, color="red")
         ax.set(title=task, xlabel="fraction of the full SFT steps", ylabel="fraction of labelled inputs")
         fig.colorbar(im, ax=ax, label="% of full SFT→RFT reward")
     fig.suptitle("P1 §5.2: cheap SFT then RFT (final reward relative to full SFT→RFT)", fontsize=9)
@@ -263,16 +339,15 @@ def main(argv=None):
     findings = findings_table(runs, per, args.threshold, args.scale)
     heur = heuristics_table(runs, per, args.threshold, args.scale)
     cheap = cheap_sft_table(runs, args.scale)
-    write_table(findings, out / "table_rft_findings")
-    write_table(heur, out / "table_rft_heuristics")
-    write_table(cheap, out / "table_rft_cheap_sft")
+    write_tables(findings, out / "table_rft_findings")
+    write_tables(heur, out / "table_rft_heuristics")
+    write_tables(cheap, out / "table_rft_cheap_sft")
     finding2_figure(runs, per, args.threshold, out / "rft_finding2")
     heuristics_figure(heur, args.threshold, out / "rft_heuristics")
     cheap_sft_figure(cheap, out / "rft_cheap_sft")
     diagnostics_figure(diag, out / "rft_diagnostics")
-    print(findings.to_markdown(index=False))
-    print(heur.to_markdown(index=False))
-    print(cheap.to_markdown(index=False))
+    for name in ("table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft"):
+        print((out / f"{name}.md").read_text(encoding="utf-8"))
     return findings, heur, cheap
 
 

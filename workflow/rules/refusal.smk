@@ -217,19 +217,21 @@ rule refusal_arm:
 
 
 rule refusal_initial:
+    # the model before DPO, sampled and judged with every seed of the arms (same prompts, same eval args)
     input:
         unpack(refusal_judge_inputs),
         model=refusal_aligned_model,
         pairs="results/{scale}/refusal/{model}/pairs.jsonl",
     output:
-        "results/{scale}/refusal/{model}/initial/summary.json",
+        expand("results/{{scale}}/refusal/{{model}}/initial/seed~{seed}/summary.json", seed=REFUSAL["seeds"]),
     log:
         "logs/{scale}/refusal_initial/{model}.log",
     benchmark:
         "benchmarks/{scale}/refusal_initial/{model}.tsv",
     params:
         args=lambda w: refusal_eval_args(),
-        out_dir=subpath(output[0], parent=True),
+        out_dir=lambda w: f"results/{w.scale}/refusal/{w.model}/initial/" + "seed~{seed}",
+        seeds=" ".join(str(s) for s in REFUSAL["seeds"]),
         device=config["device"],
     threads: 1
     resources:
@@ -239,13 +241,16 @@ rule refusal_initial:
         ENV
     shell:
         "python -m experiments.refusal.arms --eval-only --model {input.model} --pairs {input.pairs} {params.args}"
-        " --seed 0 --device {params.device} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        " --seed {params.seeds} --device {params.device} --threads {threads}"
+        " --checkpoint-dir checkpoints/{wildcards.scale}/refusal_initial/{wildcards.model}"
+        " --out-dir {params.out_dir:q} > {log} 2>&1"
 
 
 rule refusal_figures:
     input:
         runs=[f"{run}/summary.json" for run in refusal_runs()],
-        initial=[f"results/{SCALE}/refusal/{m}/initial/summary.json" for m in REFUSAL["models"]],
+        initial=[f"results/{SCALE}/refusal/{m}/initial/seed~{s}/summary.json" for m in REFUSAL["models"]
+                 for s in REFUSAL["seeds"]],
         pairs=[f"results/{SCALE}/refusal/{m}/pairs.jsonl" for m in REFUSAL["models"]],
         scores=[f"results/{SCALE}/refusal/{m}/ches_scores.csv" for m in REFUSAL["models"]],
     output:
@@ -259,6 +264,7 @@ rule refusal_figures:
         "benchmarks/{scale}/refusal_figures.tsv",
     params:
         runs=refusal_runs(),
+        initial=[f"results/{SCALE}/refusal/{m}/initial/seed~{s}" for m in REFUSAL["models"] for s in REFUSAL["seeds"]],
         models=list(REFUSAL["models"]),
     threads: 1
     resources:
@@ -267,6 +273,7 @@ rule refusal_figures:
     conda:
         ENV
     shell:
-        "python -m experiments.refusal.report --runs {params.runs} --models {params.models} --scale {wildcards.scale}"
+        "python -m experiments.refusal.report --runs {params.runs} --initial {params.initial} --models {params.models}"
+        " --scale {wildcards.scale}"
         " --results results/{wildcards.scale}/refusal --out-csv {output.runs} --out-dir figures/{wildcards.scale}"
         " > {log} 2>&1"

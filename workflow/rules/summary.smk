@@ -1,4 +1,4 @@
-# The headline summary: one row per claim of the two papers (experiments/summary.py).
+# The headline summary: one row per claim of the two papers (experiments/summary/: the verdict rules).
 rule summary_table:
     # one row per claim of the two papers: the paper's number, ours at this scale, and whether it shows
     input:
@@ -9,6 +9,8 @@ rule summary_table:
         "logs/{scale}/summary_table.log",
     benchmark:
         "benchmarks/{scale}/summary_table.tsv",
+    params:
+        threshold=config["rft"]["small_std_threshold"],
     threads: 1
     resources:
         mem_mb=1000,
@@ -16,7 +18,8 @@ rule summary_table:
     conda:
         ENV
     shell:
-        "python -m experiments.summary --scale {wildcards.scale} > {log} 2>&1"
+        "python -m experiments.summary --scale {wildcards.scale} --small-std-threshold {params.threshold}"
+        " > {log} 2>&1"
 
 
 rule summary:

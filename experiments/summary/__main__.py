@@ -1,0 +1,3 @@
+from experiments.summary import main
+
+main()
