@@ -378,3 +378,17 @@ def test_summary_table_without_results_is_not_run_and_every_verdict_has_a_meanin
     t = summary_table(tmp_path, "smoke")
     assert len(t) == len(CLAIMS) and set(t["verdict"]) == {NOT_RUN}
     assert set(intervals.VERDICTS) - {VIOLATED} <= set(MEANING) | {"sanity check: violated"}
+
+
+def test_finding1_is_about_some_tasks_not_every_task(tmp_path):
+    """The paper: 3 of 7 datasets have many small-std low-reward inputs, IMDB few. A task with few
+    does not turn a task that shows it into "no"; only every task failing does."""
+    _reward_stats(tmp_path, coupled=True)
+    shows = pd.read_csv(tmp_path / "rft/reward_stats.csv")
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(0, 1, 200)
+    few = pd.DataFrame({"task": "u", "model": "m", "mean": mean, "std": 0.3 - 0.2 * mean})   # none small, opposite
+    pd.concat([shows, few]).to_csv(tmp_path / "rft/reward_stats.csv", index=False)
+    assert p1.finding1(tmp_path)[1] == YES
+    few.to_csv(tmp_path / "rft/reward_stats.csv", index=False)
+    assert p1.finding1(tmp_path)[1] == NO

@@ -201,6 +201,12 @@ def run_manifest(seed: int | None = None, device: str | None = None, started: fl
         "device": device,
         "seed": seed,
     }
+    probe = os.environ.get("SUITE_PRECISION_CACHE", os.path.join("resources", "cache", "precision_probe.json"))
+    if os.path.exists(probe):   # what `precision: auto` measured on this machine (common.torchutil)
+        try:
+            manifest["precision_probe"] = read_json(probe)
+        except (OSError, ValueError):
+            pass
     if started is not None:
         manifest["wall_time_s"] = round(time.time() - started, 3)
     manifest.update(extra)

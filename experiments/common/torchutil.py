@@ -34,7 +34,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU runs bf16 matmuls natively (AMX tiles); bf16 autocast is then ~6x faster."""
+    """True when this CPU has AMX tiles (recorded beside the probe; ``auto`` decides by measured speed)."""
     probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
     if probe is not None:
         return bool(probe())
@@ -45,12 +45,82 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+# The probe's shape: one SmolLM2-135M MLP matmul over 256 tokens (the tiny scale's hot path).
+PROBE_SHAPE = (256, 576, 1536)
+BF16_MIN_SPEEDUP = 1.2    # bf16 autocast must beat fp32 by this factor to be chosen by ``auto``
+
+
+def _probe_cache() -> str:
+    return os.environ.get("SUITE_PRECISION_CACHE", os.path.join("resources", "cache", "precision_probe.json"))
+
+
+def cpu_precision_probe(refresh: bool = False) -> dict:
+    """fp32 and bf16-autocast matmul speed on this CPU (GFLOP/s, best of 5 at ``PROBE_SHAPE``), cached
+    per machine (CPU capability, model name, torch version, threads) in ``resources/cache/``:
+    ``{"fp32_gflops", "bf16_gflops", "speedup", "choice", "capability", ...}``."""
+    import json
+    import platform
+    import time
+
+    key = {"capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "shape": list(PROBE_SHAPE)}
+    path = _probe_cache()
+    if not refresh and os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                cached = json.load(f)
+            if all(cached.get(k) == v for k, v in key.items()):
+                return cached
+        except (OSError, ValueError):
+            pass
+    m, k, n = PROBE_SHAPE
+    a, b = torch.randn(m, k), torch.randn(k, n)
+
+    def gflops(precision: str) -> float:
+        with torch.no_grad(), autocast(precision, torch.device("cpu")):
+            a @ b                                       # warm-up (packing, first-call dispatch)
+            best = float("inf")
+            for _ in range(5):
+                t = time.perf_counter()
+                a @ b
+                best = min(best, time.perf_counter() - t)
+        return 2 * m * k * n / best / 1e9
+
+    fp32, bf16 = gflops("fp32"), gflops("bf16")
+    out = key | {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1), "speedup": round(bf16 / fp32, 3),
+                 "choice": "bf16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "fp32", "amx": cpu_has_fast_bf16(),
+                 "host": platform.node()}
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass                                            # an unwritable cache only costs the probe again
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Map the config's ``precision`` (auto | fp32 | bf16) to what runs here.
 
-    ``auto`` means bf16 autocast where the hardware has fast bf16 (CUDA with bf16 support, or a CPU
-    with AMX) and fp32 elsewhere. Master weights always stay fp32: bf16 weights would swallow the
-    1e-7-sized updates these experiments rely on.
+    ``auto`` means bf16 autocast where it is measured to be fast: CUDA with bf16 support, or a CPU where
+    ``cpu_precision_probe`` finds bf16 matmuls at least ``BF16_MIN_SPEEDUP`` times fp32 (AMX CPUs: ~6x;
+    AVX-512 without AMX: slower than fp32; AVX2: ~1/90 of fp32); fp32 elsewhere. Master weights always
+    stay fp32: bf16 weights would swallow the 1e-7-sized updates these experiments rely on.
     """
     if precision not in {"auto", "fp32", "bf16"}:
         raise ValueError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
@@ -58,7 +128,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return cpu_precision_probe()["choice"]
 
 
 def autocast(precision: str, device: torch.device):
