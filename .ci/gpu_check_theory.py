@@ -112,7 +112,8 @@ for i in range(13 if DEV == "cuda" else 3):
 sync()
 step = (time.time() - t) / (10 if DEV == "cuda" else 2)
 report["resnet18_step_512_s"] = round(step, 4)
-report["paper_cifar_hours_estimate (20 steps/epoch x 6000 epochs, training steps only)"] = round(step * 20 * 6000 / 3600, 2)
+report["paper_cifar_hours_estimate (20 steps/epoch x 6000 epochs, training steps only)"] = round(
+    step * 20 * 6000 / 3600, 2)
 text = json.dumps(report, indent=1, default=str)
 (out / "report.json").write_text(text)
 print(text)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -299,7 +299,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", default="tiny", help="settings and resources of this scale (default tiny)")
     ap.add_argument("--root", default=".", help="the run directory holding resources/ (default: here)")
     ap.add_argument("--only", nargs="+", choices=sorted(PARTS), help="run only these parts")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default: every core)")
+    ap.add_argument("--threads", type=thread_count, default=0, help="torch threads (0 = torch's default: every core)")
     ap.add_argument("--quick", action="store_true", help="fewer records and steps (tests); figures are noisier")
     ap.add_argument("--out", help="Markdown table (default figures/<scale>/table_bench.md under --root)")
     args = ap.parse_args(argv)

@@ -72,7 +72,8 @@ def runtime_table(jobs: pd.DataFrame) -> pd.DataFrame:
     jobs = jobs.assign(branch=jobs.rule.map(branch_of))
 
     def agg(g):
-        return pd.Series({"jobs": len(g), "wall s (sum)": round(g.s.sum(), 1), "wall s (longest job)": round(g.s.max(), 1),
+        return pd.Series({"jobs": len(g), "wall s (sum)": round(g.s.sum(), 1),
+                          "wall s (longest job)": round(g.s.max(), 1),
                           "peak RSS GiB": round(g.max_rss_mb.max() / 1024, 2)})
 
     per_rule = jobs.groupby(["branch", "rule"]).apply(agg, include_groups=False).reset_index()

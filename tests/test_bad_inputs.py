@@ -1,14 +1,19 @@
 """Bad input, one clear line each (README "Troubleshooting"): every case exits with status 2, prints a
 single ``error: …`` line naming what to fix, and writes no output file. The config-level cases (unknown
 scale, mistyped key, wrong type, negative learning rate / β / sample count, quantile outside [0, 1]) are
-in tests/test_workflow.py::test_bad_config_exits_nonzero_naming_the_key; the rest are here."""
+in tests/test_workflow.py::test_bad_config_exits_nonzero_naming_the_key; the rest are here, with the
+config cases the schema alone cannot catch (duplicate keys, repeated seeds, cross-field checks: the plan
+stops with one WorkflowError line naming the key, before anything is written)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from experiments.common.cli import UserError
+
+REPO = Path(__file__).resolve().parents[1]
 
 PERSONA_OK = {"question": "Is it good?", "statement": "x", "answer_matching_behavior": " Yes",
               "answer_not_matching_behavior": " No"}
@@ -92,7 +97,8 @@ def test_refusal_pairs_errors(tmp_path, capsys):
     good = {"id": "p0", "prompt": "a", "chosen": "b", "rejected": "c", "split": "train"}
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps(good) + "\n" + '{"id": "p1", "prompt": \n')
-    argv = ["--model", str(tmp_path / "no_model"), "--pairs", str(bad), "--arm", "dpo", "--out-dir", str(tmp_path / "o")]
+    argv = ["--model", str(tmp_path / "no_model"), "--pairs", str(bad), "--arm", "dpo",
+            "--out-dir", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as e:
         arms.main(argv)
     line = _one_error_line(capsys, e)
@@ -121,3 +127,152 @@ def test_pairrm_weights_must_be_safetensors(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(UserError, match="cannot load PairRM"):
         PairRMScorer(str(tmp_path))
+
+
+# --- config: wrong input that would plan a meaningless DAG stops at plan time with one line -----------------
+
+def _plan(tmp_path, *config, configfile=None):
+    """A smoke dry-run in an empty directory; returns (exit status, the WorkflowError's message line)."""
+    from test_workflow import snakemake
+
+    work = tmp_path / "work"
+    work.mkdir()
+    extra = ["--configfile", str(configfile)] if configfile else []
+    r = snakemake("-n", "--directory", str(work), "--config", "scale=smoke", *config, *extra)
+    lines = (r.stdout + r.stderr).splitlines()
+    after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("WorkflowError")]
+    assert not [p for p in work.iterdir() if p.name != ".snakemake"]  # nothing written
+    return r.returncode, (after[0] if after else "\n".join(lines[-20:]))
+
+
+def _smoke_config():
+    import yaml
+
+    return yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text())
+
+
+def test_duplicate_key_in_a_config_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("persona:\n  seeds: [1]\n  top_k: 3\n  seeds: [2]\n")
+    rc, line = _plan(tmp_path, configfile=f)
+    assert rc != 0
+    assert line == (f"{f}:4: duplicate key 'seeds' (in persona), first set on line 2; YAML keeps only the last "
+                    "value: delete one of the two"), line
+
+
+def test_scale_files_have_no_duplicate_keys_and_no_cross_field_problem(tmp_path):
+    import yaml
+
+    from experiments.common.config import cross_field_problems, duplicate_key_problem
+
+    for scale in ("smoke", "tiny", "paper"):
+        path = REPO / "workflow/config" / f"{scale}.yaml"
+        assert duplicate_key_problem(path) is None
+        assert cross_field_problems(yaml.safe_load(path.read_text())) == []
+    (tmp_path / "nested.yaml").write_text("a:\n  - {x: 1, x: 2}\n")
+    assert "duplicate key 'x' (in a[0])" in duplicate_key_problem(tmp_path / "nested.yaml")
+    (tmp_path / "merge.yaml").write_text("base: &b {x: 1}\nother:\n  <<: *b\n  x: 2\n")
+    assert duplicate_key_problem(tmp_path / "merge.yaml") is None  # a merge key's override is not a duplicate
+
+
+def test_duplicate_seeds(tmp_path):
+    rc, line = _plan(tmp_path, 'persona={"seeds": [5, 5]}')
+    assert rc != 0
+    assert line == ("config persona.seeds: [5, 5] has non-unique elements (list each value once: a repeated entry "
+                    "is the same run (or row) counted twice)"), line
+
+
+@pytest.mark.parametrize("where", [("persona",), ("theory", "controlled"), ("rft", "finetune"), ("ches",),
+                                   ("refusal",)])
+def test_every_seeds_list_rejects_repeats(where):
+    import yaml
+
+    from experiments.common.config import SCHEMA_FILE, schema_problem
+
+    schema = yaml.safe_load((REPO / SCHEMA_FILE).read_text())
+    cfg = _smoke_config()
+    node = cfg
+    for key in where:
+        node = node[key]
+    node["seeds"] = [3, 3]
+    assert schema_problem(cfg, schema).startswith(f"config {'.'.join(where)}.seeds: [3, 3] has non-unique elements")
+
+
+def test_ches_subset_larger_than_the_dataset(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("ches:\n  dpo: {subset_size: 64}\n")
+    rc, line = _plan(tmp_path, configfile=f)
+    assert rc != 0
+    assert line == ("ches.dpo.subset_size 64 is larger than ches.datasets.ultrafeedback.n 40 (the pairs kept): "
+                    "lower subset_size to at most 40, or raise n (0 = all pairs)"), line
+
+
+CROSS_FIELD = {
+    "CHES batch larger than the subset": (
+        lambda c: c["ches"]["dpo"].update(batch_size=16),
+        "ches.dpo.batch_size 16 is larger than ches.dpo.subset_size 4: every epoch would be one step on the whole "
+        "subset; use a batch_size of at most 4"),
+    "persona SFT batch larger than its prompts": (
+        lambda c: c["persona"]["sft"].update(max_prompts=16),
+        "persona.sft.batch_size 32 is larger than persona.sft.max_prompts 16: one step per epoch; lower batch_size "
+        "or raise max_prompts (0 = all)"),
+    "two persona settings with the same result path": (
+        lambda c: c["persona"]["settings"].append(dict(c["persona"]["settings"][0], lr=0.5)),
+        "persona.settings[3] repeats init 'sft' + loss 'dpo' of persona.settings[0] (both would write …/sft~dpo/…): "
+        "keep one, or change init/loss"),
+    "a persona pair with chosen == rejected": (
+        lambda c: c["persona"]["models"]["micro-llama"]["pairs"][0].update(rejected="Yes"),
+        "persona.models.micro-llama.pairs[0]: chosen and rejected are both 'Yes': the preference is empty; use two "
+        "different tokens"),
+    "controlled batch larger than the train inputs": (
+        lambda c: c["theory"]["controlled"]["datasets"]["digits"].update(n_train=100),
+        "theory.controlled.datasets.digits.pretrain.batch_size 512 is larger than n_train 100: one full-batch step "
+        "per epoch; use batch_size 0 (full batch, said explicitly) or at most 100"),
+    "PPO minibatch larger than a rollout": (
+        lambda c: c["rft"]["tasks"]["commongen"]["ppo"].update(minibatch=8),
+        "rft.tasks.commongen.ppo.minibatch 8 is larger than the 4 episodes of a rollout (inputs_per_iter × "
+        "samples_per_input): one PPO step per epoch; use a minibatch of at most 4"),
+    "RFT SFT batch larger than the labelled pool": (
+        lambda c: c["rft"]["tasks"]["commongen"]["sft"].update(max_pool=2),
+        "rft.tasks.commongen.sft.batch_size 4 is larger than max_pool 2: one step per epoch; lower batch_size or "
+        "raise max_pool (0 = all)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CROSS_FIELD))
+def test_cross_field_config_problems(case):
+    from experiments.common.config import cross_field_problems
+
+    edit, message = CROSS_FIELD[case]
+    cfg = _smoke_config()
+    edit(cfg)
+    assert message in cross_field_problems(cfg)
+
+
+THREADS_CLIS = {
+    "experiments.bench": [], "experiments.ches.__main__": ["score"], "experiments.ches.bench": [],
+    "experiments.ches.dpo": [], "experiments.persona.dpo": [], "experiments.persona.sft": [],
+    "experiments.refusal.arms": [], "experiments.refusal.build": ["sample-pairs"], "experiments.rft.sft": [],
+    "experiments.rft.stats": [], "experiments.rft.train": [], "experiments.theory.controlled": ["pretrain"],
+    "experiments.theory.theorem1": ["micro"],
+}
+
+
+def test_every_threads_option_is_checked():
+    for path in sorted((REPO / "experiments").rglob("*.py")):
+        for line in path.read_text().splitlines():
+            if '"--threads"' in line and "add_argument" in line:
+                assert "type=thread_count" in line, f"{path}: {line.strip()}"
+
+
+@pytest.mark.parametrize("module", list(THREADS_CLIS))
+def test_negative_threads(module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as e:
+        main([*THREADS_CLIS[module], "--threads", "-3"])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("error: argument --threads: '-3' is not a thread count: give a whole number >= 0 "
+                         "(0 = torch's default, every core)"), last

@@ -128,7 +128,8 @@ def test_lowest_fraction():
 
 # ----------------------------------------------------------------------------------------------- CLI
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.ches", *args], capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, "-m", "experiments.ches", *args], capture_output=True, text=True,
+                          check=False)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ def test_conda_envs_match_the_pyproject_pins():
         for name, spec in pins.items():
             if name in HEAD_NODE_ONLY:
                 continue
-            assert got.get(name) == spec, f"{env_file.name}: {name}{got.get(name, ' missing')} != pyproject {name}{spec}"
+            assert got.get(name) == spec, \
+                f"{env_file.name}: {name}{got.get(name, ' missing')} != pyproject {name}{spec}"
         extra = set(got) - set(pins)
         assert not extra, f"{env_file.name}: not in pyproject.toml: {sorted(extra)}"
 
@@ -44,4 +45,5 @@ def test_every_rule_names_the_conda_env():
         for name, block in zip(rules, blocks):
             if name == "all":
                 continue
-            assert re.search(r"^\s+conda:\s*\n\s+ENV\b", block, re.MULTILINE), f"{smk.name}: rule {name} has no `conda: ENV`"
+            assert re.search(r"^\s+conda:\s*\n\s+ENV\b", block, re.MULTILINE), \
+                f"{smk.name}: rule {name} has no `conda: ENV`"

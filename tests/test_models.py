@@ -17,7 +17,8 @@ import torch
 from experiments.models import load, prepare
 from experiments.models.prepare import PrepareError, prepare_model
 
-from conftest import SMOLLM2_SPEC, SMOLLM2_WHEEL, real_wheel as _real_wheel  # noqa: F401
+from conftest import SMOLLM2_SPEC, SMOLLM2_WHEEL  # noqa: F401
+from conftest import real_wheel as _real_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,7 @@ from experiments.persona.dpo import largest_decrease, rank_correlations, theory_
 from experiments.persona.losses import next_token_logprobs, preference_loss, single_token_logprobs
 from experiments.persona.prompts import left_pad, select_prompt
 from experiments.persona.sft import make_optimizer
-from experiments.persona.tokens import (BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token,
-                                        single_token_id)
+from experiments.persona.tokens import BENIGN, CATASTROPHIC, OTHER, classify_token, normalise_token, single_token_id
 
 MEANINGS = {"affirmative": ["yes", "yeah", "sure"], "negative": ["no", "never"], "uncertain": ["maybe"]}
 OPPOSITES = {"affirmative": ["negative", "uncertain"], "negative": ["affirmative"], "uncertain": []}

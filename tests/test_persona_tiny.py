@@ -7,8 +7,9 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
 from experiments.common.io import read_json, read_jsonl
+
+from conftest import REPO
 
 TINY = yaml.safe_load((REPO / "workflow/config/tiny.yaml").read_text())["persona"]
 
@@ -44,7 +45,6 @@ def test_smollm2_dpo_saturates_then_moves_mass_to_benign_variants(smollm2_dir, m
 def _persona_tables(root):
     """Every CSV and Markdown table of the tiny persona branch (results/ and figures/), wall-time columns dropped."""
     import pandas as pd
-
     from test_workflow import TIMING_COLUMNS
 
     out = {}

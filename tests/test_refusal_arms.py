@@ -102,7 +102,8 @@ def test_arm_to_loss_config():
 
 
 def test_eval_prompts_are_unique_per_split():
-    rows = [{"id": "a", "prompt": "x", "split": "train"}, {"id": "b", "prompt_id": "a", "prompt": "x", "split": "train"},
+    rows = [{"id": "a", "prompt": "x", "split": "train"},
+            {"id": "b", "prompt_id": "a", "prompt": "x", "split": "train"},
             {"id": "c", "prompt": "y", "split": "test"}, {"id": "d", "prompt": "z", "split": "other"}]
     assert arms.eval_prompts(rows) == {"train": [{"id": "a", "prompt": "x"}], "test": [{"id": "c", "prompt": "y"}]}
     rows[1]["prompt"] = "changed"

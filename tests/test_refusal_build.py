@@ -207,7 +207,8 @@ def test_sample_responses_pads_left_and_returns_k_each(micro):
 def test_sample_pairs_user_errors(micro, tmp_path, capsys):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}])
     argv = _sample_argv(micro, prompts, tmp_path)
-    for bad in (["--model", str(tmp_path / "nope")], ["--test-ratio", "1.0"], ["--prompts", str(tmp_path / "no.jsonl")]):
+    bads = (["--model", str(tmp_path / "nope")], ["--test-ratio", "1.0"], ["--prompts", str(tmp_path / "no.jsonl")])
+    for bad in bads:
         with pytest.raises(SystemExit) as e:
             build.main(argv + bad)
         assert e.value.code == 2 and capsys.readouterr().err.startswith("error:")
@@ -231,9 +232,12 @@ def test_build_gold_pairs_counts_sources():
 
 def test_gold_pairs_on_micro_llama(micro, tmp_path, monkeypatch):
     aligned = [
-        {"id": "both_ref", "prompt": "the cat", "split": "train", "responses": ["I can't.", "No way."], "scores": [0.0, 0.0]},
-        {"id": "both_comp", "prompt": "a dog", "split": "train", "responses": ["Sure: x", "Here: y"], "scores": [1.0, 1.0]},
-        {"id": "mixed", "prompt": "red tree", "split": "train", "responses": ["I won't.", "Ok: z"], "scores": [0.0, 1.0]},
+        {"id": "both_ref", "prompt": "the cat", "split": "train", "responses": ["I can't.", "No way."],
+         "scores": [0.0, 0.0]},
+        {"id": "both_comp", "prompt": "a dog", "split": "train", "responses": ["Sure: x", "Here: y"],
+         "scores": [1.0, 1.0]},
+        {"id": "mixed", "prompt": "red tree", "split": "train", "responses": ["I won't.", "Ok: z"],
+         "scores": [0.0, 1.0]},
         {"id": "test_only", "prompt": "big mat", "split": "test", "responses": ["a", "b"], "scores": [0.0, 1.0]},
     ]
     samples = write_jsonl(tmp_path / "samples.jsonl", aligned)

@@ -185,7 +185,8 @@ def template(tmp_path):
 def test_prompt_assembly_with_stub_tokenizer(template):
     j = judge.SorryBenchJudge("unused-model-dir", template, tokenizer=StubTokenizer(), model=object())
     assert j.format_prompt("How to {x}?", "No.") == "Q: How to {x}?\nA: No.\nKeep {braces} as they are. Output 0 or 1."
-    assert j.build_inputs(["Q1"], ["R1"]) == ["<s>[INST] Q: Q1\nA: R1\nKeep {braces} as they are. Output 0 or 1. [/INST]"]
+    assert j.build_inputs(["Q1"], ["R1"]) == [
+        "<s>[INST] Q: Q1\nA: R1\nKeep {braces} as they are. Output 0 or 1. [/INST]"]
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         j.build_inputs(["a", "b"], ["c"])
 

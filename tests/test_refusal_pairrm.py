@@ -37,13 +37,15 @@ def micro(tmp_path_factory):
 def test_encoding_layout_and_budgets(micro):
     _, tok, _ = micro
     ids = pairrm.encode_comparison(tok, "the cat sat", "Yes", "No")
-    enc = lambda s: tok.encode(s)
-    assert ids == enc(pairrm.SOURCE_PREFIX + "the cat sat") + enc(pairrm.CAND1_PREFIX + "Yes") + enc(pairrm.CAND2_PREFIX + "No")
+    enc = tok.encode
+    assert ids == (enc(pairrm.SOURCE_PREFIX + "the cat sat") + enc(pairrm.CAND1_PREFIX + "Yes")
+                   + enc(pairrm.CAND2_PREFIX + "No"))
     long = " ".join(["Yes"] * 50)
     ids = pairrm.encode_comparison(tok, long, long, long, source_max=6, max_tokens=16)
     # source cut to 6 tokens, each candidate to (16 - 6) // 2 = 5
     assert len(ids) == 16 and ids[0] == tok.convert_tokens_to_ids(pairrm.SOURCE_PREFIX)
-    assert ids[6] == tok.convert_tokens_to_ids(pairrm.CAND1_PREFIX) and ids[11] == tok.convert_tokens_to_ids(pairrm.CAND2_PREFIX)
+    assert ids[6] == tok.convert_tokens_to_ids(pairrm.CAND1_PREFIX)
+    assert ids[11] == tok.convert_tokens_to_ids(pairrm.CAND2_PREFIX)
     with pytest.raises(ValueError, match="no room"):
         pairrm.encode_comparison(tok, long, "a", "b", source_max=15, max_tokens=16)
 
@@ -55,7 +57,10 @@ def test_logit_is_the_head_difference_at_the_markers(micro):
     pos = [ids[0].tolist().index(tok.convert_tokens_to_ids(m)) for m in MARKERS]
     w1, b1 = model.head_layer[1].weight, model.head_layer[1].bias
     w2, b2 = model.head_layer[4].weight, model.head_layer[4].bias
-    head = lambda c: (torch.tanh(torch.cat([h[pos[0]], h[c]]) @ w1.T + b1) @ w2.T + b2).mean()
+
+    def head(c):
+        return (torch.tanh(torch.cat([h[pos[0]], h[c]]) @ w1.T + b1) @ w2.T + b2).mean()
+
     with torch.no_grad():
         assert model(ids).item() == pytest.approx((head(pos[1]) - head(pos[2])).item(), abs=1e-5)
 
@@ -101,7 +106,9 @@ def test_pairrm_tie_break_chooses_the_preferred_response():
 
     def compare(prompts, a, b):
         calls.append(list(prompts))
-        return {"prompt 0": [2.5], "prompt 2": [-0.5], "prompt 3": [0.0]}[prompts[0]] if len(prompts) == 1 else [2.5, -0.5, 0.0]
+        if len(prompts) == 1:
+            return {"prompt 0": [2.5], "prompt 2": [-0.5], "prompt 3": [0.0]}[prompts[0]]
+        return [2.5, -0.5, 0.0]
 
     tie = build.pairrm_tie_break(samples, compare, seed=7)
     assert calls == [["prompt 0", "prompt 2", "prompt 3"]]  # one batched pass over the tied samples only

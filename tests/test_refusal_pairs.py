@@ -119,7 +119,8 @@ def test_composition_by_hand():
     assert res["n"] == 370
     assert res["counts"] == {"refusal/refusal": 262, "compliance/compliance": 73, "refusal/compliance": 35}
     assert res["shares"]["refusal/refusal"] == pytest.approx(262 / 370)
-    assert round(res["shares"]["compliance/compliance"], 2) == 0.20 and round(res["shares"]["refusal/compliance"], 2) == 0.09
+    assert round(res["shares"]["compliance/compliance"], 2) == 0.20
+    assert round(res["shares"]["refusal/compliance"], 2) == 0.09
     made = [pairs.make_pair("a", ["x", "y"], [0, 1], never), pairs.make_pair("b", ["x", "y"], [0, 0], always(0))]
     assert pairs.composition(made)["counts"] == {"refusal/refusal": 1, "compliance/compliance": 0,
                                                  "refusal/compliance": 1}

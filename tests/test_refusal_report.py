@@ -39,7 +39,8 @@ def results(tmp_path):
         initial.append(str(run))
     runs = []
     # (train rate, test rate, Δ ln π(y+), unparsed train judge outputs)
-    spec = {"dpo": [(0.5, 0.4, -3.0, 0), (0.25, 0.4, -5.0, 2)], "dpo_sft_c0.1": [(0.6, 0.5, 1.0, 0), (0.6, 0.5, 1.0, 0)],
+    spec = {"dpo": [(0.5, 0.4, -3.0, 0), (0.25, 0.4, -5.0, 2)],
+            "dpo_sft_c0.1": [(0.6, 0.5, 1.0, 0), (0.6, 0.5, 1.0, 0)],
             "dpo_sft_c1": [(0.7, 0.6, 2.0, 0), (0.9, 0.8, 4.0, 0)], "gold": [(0.9, 0.8, 5.0, 0), (0.9, 0.8, 5.0, 0)],
             "ches_filtered": [(1.0, 0.9, -1.0, 0), (0.9, 0.9, -1.0, 0)]}
     for arm, seeds in spec.items():
@@ -52,8 +53,9 @@ def results(tmp_path):
         run = m / "dpo_rr" / f"seed~{seed}"
         _run(run, 0.8, 0.7, n_pairs=0, lr=1e-5, delta_logp_chosen=None, delta_logp_rejected=None, steps=0)
         runs.append(str(run))
-    pairs = [{"id": f"p{i}", "prompt": f"prompt {i}", "chosen": "c", "rejected": "r", "split": "train" if i < 12 else "test",
-              "pair_type": ["refusal/refusal", "compliance/compliance", "refusal/compliance"][i % 3]} for i in range(14)]
+    pair_types = ["refusal/refusal", "compliance/compliance", "refusal/compliance"]
+    pairs = [{"id": f"p{i}", "prompt": f"prompt {i}", "chosen": "c", "rejected": "r",
+              "split": "train" if i < 12 else "test", "pair_type": pair_types[i % 3]} for i in range(14)]
     (m / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     pd.DataFrame({"id": [p["id"] for p in pairs], "ches_ln": [float(i) for i in range(14)]}).to_csv(
         m / "ches_scores.csv", index=False)

@@ -24,7 +24,10 @@ WORDS = "the a cat dog sat ran on under mat tree red blue big small it is was an
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     rng = torch.Generator().manual_seed(3)
-    text = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
+
+    def text(n):
+        return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
+
     recs = [{"id": f"r{i}", "split": "train", "prompt": text(4 + i % 3), "references": [text(3 + i % 2)], "meta": {}}
             for i in range(24)]
     path = tmp_path_factory.mktemp("resume_data") / "task.jsonl"
@@ -80,7 +83,8 @@ def test_killed_sft_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
 
 def _persona_sft(micro, data, out, ckpt=None, kill_after=None, extra=()):
     argv = [sys.executable, "-m", "experiments.persona.sft", "--model-dir", str(micro), "--data", str(data),
-            "--out-dir", str(out / "model"), "--metrics", str(out / "metrics.jsonl"), "--summary", str(out / "summary.json"),
+            "--out-dir", str(out / "model"), "--metrics", str(out / "metrics.jsonl"),
+            "--summary", str(out / "summary.json"),
             "--targets-if-yes", '["No"]', "--targets-if-no", '["Yes"]', "--prompt-format", "plain",
             "--optimizer", "adam", "--lr", "1e-2", "--batch-size", "4", "--epochs", "2", "--seed", "3",
             "--precision", "fp32", "--device", "cpu", "--threads", "1", "--eval-prompts", "4", *extra]
@@ -91,7 +95,10 @@ def _persona_sft(micro, data, out, ckpt=None, kill_after=None, extra=()):
 
 def test_killed_persona_sft_resumes_to_the_uninterrupted_result(micro, tmp_path):
     rng = torch.Generator().manual_seed(7)
-    words = lambda n: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
+
+    def words(n):
+        return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
+
     recs = [{"id": i, "question": words(5 + i % 3) + "?", "answer_matching_behavior": ["Yes", "No"][i % 2],
              "answer_not_matching_behavior": ["No", "Yes"][i % 2]} for i in range(14)]
     data = tmp_path / "persona.jsonl"
@@ -110,7 +117,8 @@ def test_killed_persona_sft_resumes_to_the_uninterrupted_result(micro, tmp_path)
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
     assert (out / "metrics.jsonl").read_text() == (tmp_path / "ref/metrics.jsonl").read_text()
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
-    assert sa["answer_probs_before"] == sb["answer_probs_before"] and sa["answer_probs_after"] == sb["answer_probs_after"]
+    assert sa["answer_probs_before"] == sb["answer_probs_before"]
+    assert sa["answer_probs_after"] == sb["answer_probs_after"]
     assert sb["steps"] == 8
 
 
@@ -170,7 +178,8 @@ def test_killed_persona_dpo_resumes_to_the_uninterrupted_result(micro, tmp_path)
         argv = [sys.executable, "-m", "experiments.persona.dpo", "--model-dir", str(micro), "--data", str(data),
                 "--chosen", "Yes", "--rejected", "No", "--prompts-with-amb", "No", "--loss", "dpo", "--beta", "0.1",
                 "--lr", "1e-3", "--steps", "8", "--seed", "3", "--prompt-format", "plain", "--top-k", "3",
-                "--meanings", '{"affirmative": ["yes"], "negative": ["no"]}', "--opposites", '{"affirmative": ["negative"]}',
+                "--meanings", '{"affirmative": ["yes"], "negative": ["no"]}',
+                "--opposites", '{"affirmative": ["negative"]}',
                 "--device", "cpu", "--threads", "1", "--out-dir", str(out)]
         if ckpt is not None:
             argv += ["--checkpoint-dir", str(ckpt), "--save-steps", "2"]
@@ -181,7 +190,8 @@ def test_killed_persona_dpo_resumes_to_the_uninterrupted_result(micro, tmp_path)
     assert (out / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
     assert (out / "summary.json").read_text() == (ref / "summary.json").read_text()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 9 and rows[-1]["logp_chosen"] - rows[-1]["logp_rejected"] > rows[0]["logp_chosen"] - rows[0]["logp_rejected"]
+    assert len(rows) == 9
+    assert rows[-1]["logp_chosen"] - rows[-1]["logp_rejected"] > rows[0]["logp_chosen"] - rows[0]["logp_rejected"]
 
 
 def test_killed_controlled_runs_resume_to_the_uninterrupted_result(tmp_path):
@@ -234,7 +244,8 @@ def test_killed_ppo_resumes_to_the_uninterrupted_result(micro, data, tmp_path):
         argv = [sys.executable, "-m", "experiments.rft.train", "--algorithm", "ppo", "--model", str(micro),
                 "--data", str(data), "--reward", "sacrebleu", "--prompt-format", "plain", "--max-prompt-tokens", "16",
                 "--gen-kwargs", '{"max_new_tokens": 6}', "--iterations", "4", "--inputs-per-iter", "3",
-                "--samples-per-input", "2", "--n-epochs", "2", "--minibatch", "3", "--lr", "1e-3", "--target-kl", "1.0", "--ent-coef", "0.1",
+                "--samples-per-input", "2", "--n-epochs", "2", "--minibatch", "3", "--lr", "1e-3",
+                "--target-kl", "1.0", "--ent-coef", "0.1",
                 "--train-inputs", "12", "--eval-inputs", "4", "--eval-samples", "2", "--seed", "5",
                 "--precision", "fp32", "--device", "cpu", "--threads", "1", "--out-dir", str(out)]
         if ckpt is not None:

@@ -110,7 +110,8 @@ def test_imdb_positive_filter_and_half_prompt():
     assert [r["meta"]["source_index"] for r in va] == [int(j) for j in perm[8:]]
     assert all(r["meta"]["label"] == 1 for r in tr)
     r0 = tr[0]
-    assert r0["prompt"] == f"w{r0['meta']['source_index']} a b" and r0["references"] == [train[r0["meta"]["source_index"]]["text"]]
+    assert r0["prompt"] == f"w{r0['meta']['source_index']} a b"
+    assert r0["references"] == [train[r0["meta"]["source_index"]]["text"]]
     te = [r for r in recs if r["split"] == "test"]
     assert len(te) == 2 and {r["prompt"] for r in te} == {"one", "x y"}
 
@@ -176,7 +177,8 @@ def test_narrative_qa_tsv():
     assert len(recs) == 2
     assert recs[0]["prompt"] == "who is tom? \\n tom sawyer is a boy who lives on the mississippi. "
     assert recs[0]["references"] == ["a boy", "a young boy"]
-    assert recs[0]["meta"] == {"question": "Who is Tom?", "context": "Tom Sawyer is a boy who lives on the Mississippi."}
+    assert recs[0]["meta"] == {"question": "Who is Tom?",
+                               "context": "Tom Sawyer is a boy who lives on the Mississippi."}
     assert recs[1]["references"] == ["the mississippi"]
     with pytest.raises(UserError):
         tasks.parse_unifiedqa_tsv("no tab here\n")
@@ -200,7 +202,8 @@ def test_paper_loader_through_seam(monkeypatch, tmp_path):
         pq.write_table(pa.Table.from_pylist([{"translation": {"de": f"de {split}", "en": f"en {split}"}}]),
                        d / f"{split}.parquet")
     recs = tasks.load_task("iwslt2017", str(tmp_path))
-    assert [(r["split"], r["prompt"]) for r in recs] == [(s, f"translate English to German: en {s}") for s in tasks.SPLITS]
+    assert [(r["split"], r["prompt"]) for r in recs] == [(s, f"translate English to German: en {s}")
+                                                         for s in tasks.SPLITS]
 
 
 def test_narrative_qa_url_from_mirror(tmp_path):
@@ -262,7 +265,8 @@ def test_cli_empty_result_errors(tmp_path):
     d.mkdir(parents=True)
     for name in ("train", "dev", "test"):
         (d / f"{name}.tsv").write_text("", encoding="utf-8")
-    proc = _cli("--task", "nqa", "--loader", "narrative_qa", "--mirror", str(tmp_path), "--out", str(tmp_path / "o.jsonl"))
+    proc = _cli("--task", "nqa", "--loader", "narrative_qa", "--mirror", str(tmp_path),
+                "--out", str(tmp_path / "o.jsonl"))
     assert proc.returncode == 2 and "no records" in proc.stderr
 
 

@@ -33,7 +33,8 @@ def test_sums_maxima_and_branches(tmp_path):
 
 
 def test_branch_names_and_bad_files(tmp_path):
-    assert branch_of("rft_stats_figures") == "P1 GRUE reward statistics" and branch_of("rft_train") == "P1 GRUE finetuning"
+    assert branch_of("rft_stats_figures") == "P1 GRUE reward statistics"
+    assert branch_of("rft_train") == "P1 GRUE finetuning"
     assert branch_of("ches_dpo") == "P2 §5 CHES" and branch_of("controlled_pretrain") == "P1 theory"
     assert branch_of("theorem1") == "P1 theory"  # logs/<scale>/theorem1/{micro,single-token}
     (tmp_path / "tiny/x").mkdir(parents=True)

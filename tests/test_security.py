@@ -11,7 +11,10 @@ def _calls(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             f = node.func
-            name = f.id if isinstance(f, ast.Name) else f"{ast.unparse(f.value)}.{f.attr}" if isinstance(f, ast.Attribute) else ""
+            if isinstance(f, ast.Name):
+                name = f.id
+            else:
+                name = f"{ast.unparse(f.value)}.{f.attr}" if isinstance(f, ast.Attribute) else ""
             yield name, node
 
 
@@ -42,7 +45,8 @@ def test_remote_code_only_from_a_config_entry():
             for k in node.keywords:
                 if k.arg == "trust_remote_code" and not isinstance(k.value, ast.Constant):
                     src = path.read_text()
-                    assert '"trust_remote_code"' in src, f"{path.name}:{node.lineno}: trust_remote_code from an unknown source"
+                    assert '"trust_remote_code"' in src, \
+                        f"{path.name}:{node.lineno}: trust_remote_code from an unknown source"
     schema = (REPO / "workflow/schemas/config.schema.yaml").read_text()
     assert "trust_remote_code" in schema
 

@@ -79,6 +79,8 @@ def test_schema_rejects_typo_and_wrong_type():
      "theory.theorem1.single_token.model: no such model 'gpt9'"),
     (["scale=smoke", "theory={'controlled': {'frac_modified': 1.5}}"], "1.5"),
     (["scale=smoke", "theory={'controlled': {'datasets': {'imagenet': {}}}}"], "imagenet"),
+    (["scale=smoke", "persona={'sft': {'lr': -0.001}}"],
+     "config persona.sft.lr: -0.001 is less than or equal to the minimum of 0"),
 ])
 def test_bad_config_exits_nonzero_naming_the_key(override, needle):
     r = snakemake("-n", "--config", *override)
@@ -94,13 +96,43 @@ def test_bad_config_exits_nonzero_naming_the_key(override, needle):
 ])
 def test_bad_values_in_a_config_file_name_the_key(override, needle, tmp_path):
     """Negative learning rate / β / sample count and a quantile outside [0, 1], as edited in a config file
-    (on the command line --config passes negative numbers as strings: a type error, also caught)."""
+    (the same values given with --config read the same: see test_bad_config_exits_nonzero_naming_the_key)."""
     f = tmp_path / "override.yaml"
     f.write_text(yaml.safe_dump(override))
     r = snakemake("-n", "--config", "scale=smoke", "--configfile", str(f))
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert needle in out and list(override)[0] in out, out[-1500:]
+
+
+def test_config_override_on_the_command_line_plans_what_it_says(tmp_path):
+    """--config parses nested values as strings ('{"seeds": [1, 2]}' -> ['1', '2']); common.smk gives them back
+    the schema's types, so the README's override form plans exactly those seeds."""
+    r = snakemake("-n", "--directory", str(tmp_path), "--config", "scale=smoke", 'persona={"seeds": [1, 2]}')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert set(re.findall(r"results/smoke/persona/[^\s,']+/seed~(\d+)", r.stdout)) == {"1", "2"}
+
+
+def test_command_line_strings_get_the_schema_types():
+    from snakemake.utils import update_config
+
+    from experiments.common.config import coerce_cli_values
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    cli = {"persona": {"seeds": ["1", "2"], "sft": {"lr": "1e-4", "seed": "-3"}},  # as Snakemake parses --config
+           "theory": {"controlled": {"data_seed": "192"}},
+           "refusal": {"models": {"micro-llama": {"sft": "False", "sft_coef": ["0.5", "2"]}}},
+           "rft": {"tasks": {"commongen": {"ppo": {"target_kl": "null"}}}},
+           "ches": {"prompt_format": "plain"}}
+    cfg = load_scale("smoke")
+    update_config(cfg, copy.deepcopy(cli))
+    cfg["persona"]["top_k"] = "3"  # as if from a file: a quoted "3" stays a string (and fails validation)
+    coerce_cli_values(cfg, cli, schema)
+    assert cfg["persona"]["seeds"] == [1, 2] and cfg["persona"]["sft"]["lr"] == 1e-4
+    assert cfg["persona"]["sft"]["seed"] == -3 and cfg["theory"]["controlled"]["data_seed"] == 192
+    assert cfg["refusal"]["models"]["micro-llama"] == {"sft": False, "sft_coef": [0.5, 2]}
+    assert cfg["rft"]["tasks"]["commongen"]["ppo"]["target_kl"] is None and cfg["ches"]["prompt_format"] == "plain"
+    assert cfg["persona"]["top_k"] == "3"
 
 
 def test_lint_is_clean():
@@ -323,7 +355,6 @@ def test_smoke_summary_and_report(smoke_run, tmp_path):
     r = snakemake("summary", "--config", "scale=smoke", "--directory", str(smoke_run), env_extra=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     from experiments.summary import CLAIMS
-
     from experiments.summary.intervals import VERDICTS
 
     table = pd.read_csv(smoke_run / "figures/smoke/summary.csv", keep_default_na=False)
@@ -419,7 +450,8 @@ def test_smoke_dag_killed_three_times_then_rerun_gives_identical_tables(smoke_ru
     r = snakemake("--cores", "2", "--config", "scale=smoke", "--configfile", str(other / "seed.yaml"),
                   "--directory", str(other), "figures/smoke/table_persona.csv", env_extra=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert (other / "figures/smoke/table_persona.csv").read_text() != (smoke_run / "figures/smoke/table_persona.csv").read_text()
+    table = "figures/smoke/table_persona.csv"
+    assert (other / table).read_text() != (smoke_run / table).read_text()
 
 
 def test_no_token_in_any_output(smoke_run):

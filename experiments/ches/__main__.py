@@ -16,7 +16,7 @@ import argparse
 import json
 import logging
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 
 log = logging.getLogger("experiments.ches")
 
@@ -102,11 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output CSV")
     s.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "plain"])
     s.add_argument("--max-prompt-tokens", type=int, default=128, help="keep the END of the prompt (0 = no limit)")
-    s.add_argument("--max-response-tokens", type=int, default=128, help="keep the START of each response (0 = no limit)")
+    s.add_argument("--max-response-tokens", type=int, default=128,
+                   help="keep the START of each response (0 = no limit)")
     s.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     s.add_argument("--precision", default=DEFAULT_PRECISION, choices=["auto", "fp32", "bf16"])
     s.add_argument("--device", default="auto")
-    s.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    s.add_argument("--threads", type=thread_count, default=0, help="torch threads (0 = torch default)")
     s.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     s.set_defaults(fn=_score)
     f = sub.add_parser("filter", help="keep the lowest-scoring fraction of the records")

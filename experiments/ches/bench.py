@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 
 
 def matmul_flops(dtype: torch.dtype, size: int = 2048, reps: int = 10, trials: int = 5) -> float:
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     ap.add_argument("--max-prompt-tokens", type=int, default=128)
     ap.add_argument("--max-response-tokens", type=int, default=128)
     ap.add_argument("--prompt-format", default="auto")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=thread_count, default=0)
     args = ap.parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(0)

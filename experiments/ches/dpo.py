@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import atomic_path, read_jsonl, run_manifest, write_json
 from experiments.common.torchutil import (
     autocast,
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", default=None,
                    help="finished seeds are kept here too (outside --out-dir); a rerun restores them, not retrains")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=thread_count, default=1)
     p.add_argument("--out-dir", required=True,
                    help="run folder; must contain '{seed}' (formatted per seed) when several seeds are given")
     return p

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import logging
@@ -10,6 +11,18 @@ import sys
 #: OS errors that mean "the output location cannot be written": one line, exit 2, instead of a traceback
 UNWRITABLE = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
 UNWRITABLE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def thread_count(text: str) -> int:
+    """argparse ``type=`` of every ``--threads``: a whole number >= 0 (0 = torch's default)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count: give a whole number >= 0 "
+                                         "(0 = torch's default, every core)")
+    return n
 
 
 class UserError(Exception):

@@ -8,8 +8,9 @@ and never touches a network or a model hub.
 Sources
 -------
 ``random``
-    A micro Llama model (or, with ``architecture: t5``, a micro T5 encoder-decoder) for CI, with a byte-level BPE tokenizer trained in code on a fixed
-    synthetic corpus. The same spec gives byte-identical files on every run. Keys:
+    A micro Llama model (or, with ``architecture: t5``, a micro T5 encoder-decoder) for CI, with a byte-level
+    BPE tokenizer trained in code on a fixed synthetic corpus. The same spec gives byte-identical files on every
+    run. Keys:
     ``architecture`` ("llama"), ``num_layers``, ``hidden_size``, ``num_heads``,
     ``intermediate_size``, ``seed``, ``vocab_size``, ``single_token_words``; optional
     ``num_kv_heads`` (default ``num_heads``) and ``max_position_embeddings`` (default 512).

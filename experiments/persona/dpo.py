@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.common import checkpoint
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import read_jsonl, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
 from experiments.models.load import load_causal_lm, load_tokenizer
@@ -191,7 +191,7 @@ def main(argv=None):
     ap.add_argument("--opposites", required=True, help="JSON {meaning: [meanings]}")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=thread_count, default=0)
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--checkpoint-dir", default=None,
                     help="resumable state here (outside --out-dir); a rerun continues from the last one")

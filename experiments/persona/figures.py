@@ -102,7 +102,7 @@ def trajectory_figure(steps: pd.DataFrame, prefix: str) -> None:
     at the start of P2 Table 1's runs (the paper's post-SFT models, not ours); where drawing it would
     flatten our curves to a line, the legend says that it lies off that panel's scale instead."""
     data = steps.assign(
-        setting=[SETTINGS[(i, l)] for i, l in zip(steps["init"], steps["loss"])],
+        setting=[SETTINGS[(init, loss)] for init, loss in zip(steps["init"], steps["loss"])],
         pair=[f"{c} ≻ {r}" for c, r in zip(steps["chosen"], steps["rejected"])],
     ).rename(columns={"p_chosen": "π(y+)"})
     seeds = data.groupby(["model", "setting", "pair"])["seed"].nunique()

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from experiments.common import checkpoint
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import (
     atomic_dir,
     read_jsonl,
@@ -98,7 +98,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=thread_count, default=0)
     p.add_argument("--checkpoint-dir", default=None,
                    help="resumable state here (outside --out-dir); a rerun continues from the last one")
     p.add_argument("--save-steps", type=int, default=0, help="with --checkpoint-dir: every N steps (0 = ~4 per run)")

@@ -75,7 +75,7 @@ from experiments.ches.dpo import (
     encode_subset,
     pair_logps,
 )
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import (
     read_records,
     run_manifest,
@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-template", help="judge prompt template file (--judge sorry-bench)")
     p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=thread_count, default=1)
     p.add_argument("--checkpoint-dir", default=None,
                    help="finished seeds are kept here too (outside --out-dir); a rerun restores them, not retrains")
     p.add_argument("--out-dir", required=True,

@@ -77,7 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import (
     read_jsonl,
     read_records,
@@ -285,7 +285,8 @@ def _scores(scorer: Scorer, prompts: Sequence[str], responses: Sequence[str]) ->
     t0 = time.time()
     s = np.asarray(scorer(prompts, responses), dtype=np.float64)
     if s.shape != (len(responses),):
-        raise UserError(f"the judge returned {s.shape[0] if s.ndim else 'a scalar'} scores for {len(responses)} responses")
+        got = s.shape[0] if s.ndim else "a scalar"
+        raise UserError(f"the judge returned {got} scores for {len(responses)} responses")
     bad = ~np.isfinite(s) | (s < 0) | (s > 1)
     if bad.any():
         raise UserError(f"the judge gave {int(bad.sum())} of {len(s)} scores that are not in [0, 1] "
@@ -512,7 +513,8 @@ def cmd_sample_pairs(args) -> dict:
         "refusal_rate_samples": {sp: _refusal_rate(s for x in samples if x["split"] == sp for s in x["scores"])
                                  for sp in ("train", "test")},
         "judge": judge_name, "tie_break": tie_name, "sampling": _sampling_settings(args, precision, 2),
-        **gen, "judge_s": round(judge_s, 3), "tokens_per_s": round(gen["generated_tokens"] / max(gen["generate_s"], 1e-9), 1),
+        **gen, "judge_s": round(judge_s, 3),
+        "tokens_per_s": round(gen["generated_tokens"] / max(gen["generate_s"], 1e-9), 1),
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
     }
     summary = _finite(summary)
@@ -622,9 +624,10 @@ def _add_sampling(s: argparse.ArgumentParser, default_seed: int) -> None:
     s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                    help="bf16 = bf16 autocast while sampling (fp32 weights)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    s.add_argument("--threads", type=thread_count, default=0, help="torch threads (0 = torch's default)")
     s.add_argument("--judge", default="rule", choices=("rule", "sorry-bench"))
-    s.add_argument("--judge-model", default=None, help=f"sorry-bench judge folder or Hub id (default {judge_mod.JUDGE_MODEL})")
+    s.add_argument("--judge-model", default=None,
+                   help=f"sorry-bench judge folder or Hub id (default {judge_mod.JUDGE_MODEL})")
     s.add_argument("--judge-template", default=None, help="sorry-bench judge template file ({question}, {answer})")
     s.add_argument("--judge-batch-size", type=int, default=8)
 
@@ -640,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "that get a refusal; the rest are left out")
     s.add_argument("--n-harmful", type=int, default=0, help="harmful prompts to select (0 = all not excluded)")
     s.add_argument("--n-benign", type=int, default=0, help="benign prompts (0 = all usable)")
-    s.add_argument("--max-answer-words", type=int, default=120, help="benign answers cut to this many words (0 = no cut)")
+    s.add_argument("--max-answer-words", type=int, default=120,
+                   help="benign answers cut to this many words (0 = no cut)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--exclude", default=None, help="ids never to use: JSON list or JSONL of records with 'id'")
     s.add_argument("--out", required=True, help="JSONL task records, split 'train' (for experiments.rft.sft)")

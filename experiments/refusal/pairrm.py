@@ -109,8 +109,8 @@ class PairRMScorer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out: list[float] = []
         for s in range(0, len(prompts), self.batch_size):
-            ids = [encode_comparison(self.tokenizer, p, x, y)
-                   for p, x, y in zip(prompts[s:s + self.batch_size], a[s:s + self.batch_size], b[s:s + self.batch_size])]
+            batch = slice(s, s + self.batch_size)
+            ids = [encode_comparison(self.tokenizer, p, x, y) for p, x, y in zip(prompts[batch], a[batch], b[batch])]
             width = max(len(x) for x in ids)
             input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)

@@ -48,7 +48,6 @@ import pandas as pd
 from scipy import stats as sps
 
 from experiments.common.cli import UserError, main_guard
-from experiments.summary.intervals import wilson
 from experiments.common.io import (
     read_json,
     read_jsonl,
@@ -57,6 +56,7 @@ from experiments.common.io import (
     write_table,
     write_text,
 )
+from experiments.summary.intervals import wilson
 
 RUN_RE = re.compile(r"refusal/(?P<model>[^/]+)/(?P<arm>[^/]+)/seed~(?P<seed>\d+)/?$")
 INITIAL = "initial"
@@ -73,7 +73,8 @@ PAPER = {
                             "dpo_rr": "refusals drop (§6 text, no number)"},
 }
 # the same train refusal rates as numbers, for the figure's reference markers: (name, initial, after DPO)
-PAPER_RATES = {"gemma-2b-it": ("Gemma-2B-IT", 0.805, 0.548), "llama-3-8b-instruct": ("Llama-3-8B-Instruct", 0.744, 0.334)}
+PAPER_RATES = {"gemma-2b-it": ("Gemma-2B-IT", 0.805, 0.548),
+               "llama-3-8b-instruct": ("Llama-3-8B-Instruct", 0.744, 0.334)}
 COUNT_COLUMNS = tuple(f"{k}_{split}" for split in SPLITS for k in ("n_scored", "refused"))
 
 

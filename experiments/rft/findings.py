@@ -49,7 +49,8 @@ RUN_RE = re.compile(r"runs/(?P<task>[^/]+)/(?P<init>pretrained|sft_d(?P<d>[0-9.]
 FULL_SFT = "sft_d1_s1"
 # What the paper reports for these quantities (papers.md §1.3.3-1.3.4); everything else is not retrievable.
 PAPER = {
-    ("narrative_qa", "heuristics"): "train reward ≈0.10 for every heuristic vs 0.54 for SFT→RFT (P1 Table 2, via a secondary source)",
+    ("narrative_qa", "heuristics"):
+        "train reward ≈0.10 for every heuristic vs 0.54 for SFT→RFT (P1 Table 2, via a secondary source)",
     ("any", "cheap_sft"): "SFT on 1 % of inputs for 40 % of the steps, then RFT: ≈96 % of full SFT→RFT (P1 Fig. 4)",
 }
 
@@ -127,7 +128,8 @@ def findings_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, scal
             "SFT→RFT gain": round(float(g["sft_rft_gain"].mean()), 4),
             "Spearman(std, RFT gain)": round(float(rho_rft), 3),
             "Spearman(std, SFT gain)": round(float(rho_sft), 3),
-            "source": f"our run, {scale} scale, {int(n_seeds[task])} seed(s); paper: per-task values not retrievable (papers.md §1.3.1)",
+            "source": f"our run, {scale} scale, {int(n_seeds[task])} seed(s); "
+                      "paper: per-task values not retrievable (papers.md §1.3.1)",
         })
     return pd.DataFrame(rows)
 
@@ -240,7 +242,8 @@ def finding2_figure(runs, per, threshold, prefix, bins: int = 4):
         ax.axhline(0, color="black", lw=0.6)
         ax.set(title=task, xlabel="initial reward std (pretrained model)", ylabel="reward gain on the input")
         ax.legend(fontsize=7)
-    fig.suptitle("P1 Finding II (the paper: RFT gains little where the initial reward std is small, SFT does not depend on it)",
+    fig.suptitle("P1 Finding II (the paper: RFT gains little where the initial reward std is small, "
+                 "SFT does not depend on it)",
                  fontsize=9)
     save_figure(fig, prefix)
 
@@ -271,7 +274,8 @@ def heuristics_figure(table: pd.DataFrame, threshold: float, prefix):
                      "inputs below its start)", ylabel="final reward")
         ax.title.set_fontsize(8)
         ax.tick_params(axis="x", rotation=35, labelsize=7)
-    fig.suptitle("P1 §5.1: default RFT, larger lr, higher temperature or entropy bonus, and SFT→RFT, on small-std inputs",
+    fig.suptitle("P1 §5.1: default RFT, larger lr, higher temperature or entropy bonus, and SFT→RFT, "
+                 "on small-std inputs",
                  fontsize=9, y=1.04)
     save_figure(fig, prefix)
 

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import tarfile
 import json
 import os
 import sys
+import tarfile
 import types
 import warnings
 from collections.abc import Callable, Sequence
@@ -252,7 +252,8 @@ def rouge_l_max(prompts: Sequence[str], predictions: Sequence[str],
 def sacrebleu(prompts: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]],
               *, tokenize: str = "13a") -> np.ndarray:
     _check(prompts, predictions, references)
-    return np.array([sacrebleu_single(p, r, tokenize) for p, r in zip(predictions, references, strict=True)], dtype=float)
+    return np.array([sacrebleu_single(p, r, tokenize) for p, r in zip(predictions, references, strict=True)],
+                    dtype=float)
 
 
 def learned_sentiment(prompts: Sequence[str], predictions: Sequence[str],

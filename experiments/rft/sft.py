@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import (
     atomic_dir,
     read_jsonl,
@@ -404,7 +404,8 @@ def run(args) -> dict:
         "optimizer": "adamw_torch", "seed": args.seed, "max_pool": args.max_pool,
         "architecture": "encoder-decoder" if encoder_decoder else "decoder-only",
         "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], "train_seconds": round(train_s, 3),
-        "seconds_per_step": round(train_s / max(steps, 1), 4), "resumed_from": resume, "precision": precision, "train_top_layers": args.train_top_layers, "trainable_params": n_trainable,
+        "seconds_per_step": round(train_s / max(steps, 1), 4), "resumed_from": resume, "precision": precision,
+        "train_top_layers": args.train_top_layers, "trainable_params": n_trainable,
     }
     summary["manifest"] = run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads,
                                        model=str(source), data=str(data))
@@ -444,11 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                    help="bf16: the trainer's autocast (fp32 master weights), also on CPU")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--threads", type=thread_count, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out-dir", required=True, help="run folder: model/, train_log.csv, summary.json")
     p.add_argument("--checkpoint-dir", default=None,
                    help="resumable checkpoints here (outside --out-dir); a rerun continues from the last one")
-    p.add_argument("--save-steps", type=int, default=0, help="with --checkpoint-dir: save every N steps (0 = ~4 per run)")
+    p.add_argument("--save-steps", type=int, default=0,
+                   help="with --checkpoint-dir: save every N steps (0 = ~4 per run)")
     return p
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import read_jsonl, run_manifest, write_csv, write_json, write_jsonl
 
 log = logging.getLogger("rft.stats")
@@ -173,7 +173,7 @@ def main(argv=None):
     p.add_argument("--batch-inputs", type=int, default=8, help="prompts per generate call")
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast while sampling) | auto")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=thread_count, default=0)
     p.add_argument("--out", required=True, help="tidy CSV, one row per input")
     p.add_argument("--samples-out", help="optional JSONL with every sampled text and its reward")
     p.add_argument("--summary", help="optional JSON summary")

@@ -529,7 +529,8 @@ LOADERS = {
 }
 
 
-def load_task(loader: str, mirror: str | None = None, seed: int = IMDB_SEED, max_train: int | None = None) -> list[dict]:
+def load_task(loader: str, mirror: str | None = None, seed: int = IMDB_SEED,
+              max_train: int | None = None) -> list[dict]:
     if loader not in LOADERS:
         raise UserError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
     records = LOADERS[loader](mirror, seed)
@@ -560,7 +561,8 @@ def main(argv=None):
     records = load_task(args.loader, args.mirror or None, args.seed, args.max_train)
     n = write_jsonl(args.out, records)
     counts = Counter(r["split"] for r in records)
-    print(f"{args.task} ({args.loader}): " + ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS) + f"; {n} records -> {args.out}")
+    per_split = ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS)
+    print(f"{args.task} ({args.loader}): {per_split}; {n} records -> {args.out}")
 
 
 if __name__ == "__main__":

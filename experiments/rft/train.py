@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import read_jsonl, run_manifest, write_csv, write_json
 
 log = logging.getLogger("rft.train")
@@ -317,14 +317,16 @@ def run(args) -> dict:
         "reward_before": float(np.mean([m for m, _ in before.values()])) if before else None,
         "reward_after": float(np.mean([m for m, _ in after.values()])),
         "train_reward_first": rows[0]["mean_reward"], "train_reward_last": rows[-1]["mean_reward"],
-        "train_seconds": round(train_s, 1), "eval_tokens_per_s": round(res_after["tokens"] / max(res_after["generate_s"], 1e-9), 1),
+        "train_seconds": round(train_s, 1),
+        "eval_tokens_per_s": round(res_after["tokens"] / max(res_after["generate_s"], 1e-9), 1),
         "precision": precision, "train_top_layers": args.train_top_layers,
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads),
     }
     write_json(out / "summary.json", summary)
     checkpoint.finished(args.checkpoint_dir)
     log.info("%s: reward %s -> %.4f on %d eval inputs (%.0fs training)", args.algorithm,
-             f"{summary['reward_before']:.4f}" if before else "n/a", summary["reward_after"], len(eval_records), train_s)
+             f"{summary['reward_before']:.4f}" if before else "n/a", summary["reward_after"], len(eval_records),
+             train_s)
     return summary
 
 
@@ -368,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=0)
     a("--precision", default="fp32", help="auto | fp32 | bf16")
     a("--device", default="auto")
-    a("--threads", type=int, default=0)
+    a("--threads", type=thread_count, default=0)
     a("--out-dir", required=True)
     a("--checkpoint-dir", default=None,
       help="PPO: resumable state here (outside --out-dir); a rerun continues from the last one")

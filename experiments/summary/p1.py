@@ -153,11 +153,12 @@ def finding1(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
     inputs with std < threshold minus 5 % (our stated floor for "many"); baseline 0; bootstrap over
     inputs. Decision per part with ``decide``, per task with ``combine``. The paper's claim is about
     some datasets (3 of 7; IMDB has few), so across tasks: ``yes`` if some task is ``yes``, ``partly``
-    if some task is ``partly``, ``no`` only if every task is ``no``, else inconclusive. Precondition per task: the reward varies at all (its std over
-    every sample of every input ≥ the threshold); a constant reward makes every input "small-std"."""
+    if some task is ``partly``, ``no`` only if every task is ``no``, else inconclusive. Precondition per task:
+    the reward varies at all (its std over every sample of every input ≥ the threshold); a constant reward makes
+    every input "small-std"."""
     stats = pd.read_csv(res / "rft" / "reward_stats.csv")
     parts, texts = {}, []
-    for (task, model), g in stats.groupby(["task", "model"]):
+    for (task, _model), g in stats.groupby(["task", "model"]):
         mean, std = g["mean"].to_numpy(float), g["std"].to_numpy(float)
         n = len(g)
         total = float(np.sqrt(np.mean(std ** 2) + np.var(mean)))   # law of total variance over all samples
@@ -170,7 +171,8 @@ def finding1(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
         share = bootstrap_interval(lambda i: float((std[i] < threshold).mean()) - 0.05, n)
         parts[f"{task} low-reward"] = judge(rho)
         parts[f"{task} many"] = judge(share)
-        share_txt = (f"{share.mean + 0.05:.1%}" + (f" [{share.lo + 0.05:.1%}, {share.hi + 0.05:.1%}]" if share.ok else ""))
+        share_txt = f"{share.mean + 0.05:.1%}" + (f" [{share.lo + 0.05:.1%}, {share.hi + 0.05:.1%}]"
+                                                  if share.ok else "")
         texts.append(f"{task}: std<{threshold:g} {share_txt}, Spearman(mean, std) {rho.fmt(2)}")
     if all(isinstance(v, tuple) and v[0] == NOT_TESTABLE for v in parts.values()):
         return "; ".join(texts), NOT_TESTABLE, "; ".join(v[1] for v in parts.values())
@@ -237,7 +239,8 @@ def finding2(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
         if g["n_small"].max() == 0 or (g["n_small"] == g["n"]).all():
             parts[task] = (NOT_TESTABLE, f"{'no' if g['n_small'].max() == 0 else 'every'} evaluated input has "
                                          f"std < {threshold:g}: nothing to contrast")
-            texts.append(f"{task}: {int(g['n_small'].mean())}/{int(g['n'].mean())} evaluated inputs with std < {threshold:g}")
+            texts.append(f"{task}: {int(g['n_small'].mean())}/{int(g['n'].mean())} evaluated inputs with "
+                         f"std < {threshold:g}")
             continue
         iv = t_interval(g["rft_rest"] - g["rft_small"])
         parts[task] = judge(iv)
@@ -263,7 +266,8 @@ def finding3(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
             iv = t_interval(g[col] - g["rft"])
             parts[f"{task} {label}"] = judge(iv)
             texts.append(f"{task}: {label} − RFT gain {iv.fmt()}")
-        texts[-1] += f" (gains: RFT {g['rft'].mean():+.3f}, SFT {g['sft'].mean():+.3f}, SFT→RFT {g['sft_rft'].mean():+.3f})"
+        texts[-1] += (f" (gains: RFT {g['rft'].mean():+.3f}, SFT {g['sft'].mean():+.3f}, "
+                      f"SFT→RFT {g['sft_rft'].mean():+.3f})")
     if NOT_TESTABLE in parts.values():
         return "; ".join(texts), NOT_TESTABLE, "the full SFT→RFT run is missing"
     return "; ".join(texts), combine(parts), parts_why(parts)
@@ -271,8 +275,9 @@ def finding3(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
 
 def heuristics(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
     """§5.1. An arm whose mean final reward on all evaluated inputs (mean over seeds) is below its
-    start (the pretrained model's evaluation, same seeds) is "diverged": shown, not counted. Precondition: SFT→RFT beats default RFT on the small-std inputs
-    (t over seeds of the paired difference, ``lo > 0``), so there is a gap G to close; else not
+    start (the pretrained model's evaluation, same seeds) is "diverged": shown, not counted. Precondition:
+    SFT→RFT beats default RFT on the small-std inputs (t over seeds of the paired difference, ``lo > 0``),
+    so there is a gap G to close; else not
     testable. Effect per kept heuristic h: G/2 − (h − default) on the small-std inputs (final reward,
     per seed): positive when h closes less than half the gap. Baseline 0 (h closes half of it).
     Decision: ``yes`` (the heuristics do not fix it) if every kept h has ``lo > 0``; ``no`` if some h

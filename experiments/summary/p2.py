@@ -16,7 +16,6 @@ from experiments.summary.intervals import (
     NOT_TESTABLE,
     YES,
     Interval,
-    bootstrap_interval,
     combine,
     judge,
     parts_why,
@@ -172,7 +171,7 @@ def _refusal_arm_rule(res, arm: str, label: str) -> tuple[str, str, str]:
     sel = runs[runs.arm == arm]
     if sel.empty:
         return f"arm {arm} not configured", NOT_TESTABLE, f"the arm {arm} is not in this scale's config"
-    texts, words, whys = [], {}, []
+    texts, words = [], {}
     for model in sorted(sel.model.unique()):
         pre = _initial_precondition(runs, model, arm)
         m = runs[runs.model == model]

@@ -101,7 +101,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from experiments.common import checkpoint
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import atomic_path, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import resolve_device, set_seed, set_threads
 from experiments.theory import controlled_data
@@ -817,7 +817,7 @@ def main(argv=None):
         sp.add_argument("--mirror", default="",
                         help="data mirror directory (default: env SUITE_DATA_MIRROR, then the Hub)")
         sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-        sp.add_argument("--threads", type=int, default=0)
+        sp.add_argument("--threads", type=thread_count, default=0)
         sp.add_argument("--checkpoint-dir", default=None,
                         help="resumable state here (~4 times per run); a rerun continues from the last one")
 

@@ -117,7 +117,7 @@ def theorem1_rows(df: pd.DataFrame, family: str, scale: str) -> list[dict]:
 def separation_rows(sep: pd.DataFrame, scale: str) -> list[dict]:
     rft, sft = sep[sep.method == "rft"].sort_values("sigma"), sep[sep.method == "sft"].sort_values("sigma")
     per_decade = float(np.polyfit(np.log10(1 / sft["sigma"]), sft["steps"], 1)[0])
-    src = _ours(scale, len(rft), "values of σ (deterministic)")
+    src = _ours(scale, len(rft), "values of σ; an analytic illustration (exact gradients, deterministic, no sampling)")
     setting = "tabular softmax, exact gradient, reward 1 on one output"
     return [
         {"experiment": "P1 §4.3 separation", "setting": setting, "quantity": "RFT: slope of log steps vs log σ",

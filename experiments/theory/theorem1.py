@@ -45,7 +45,7 @@ import torch
 from torch.func import functional_call, jvp, vjp
 from tqdm import tqdm
 
-from experiments.common.cli import UserError, main_guard
+from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.torchutil import grad_norm
 
 log = logging.getLogger("theory.theorem1")
@@ -129,8 +129,8 @@ def max_prefix_gamma(model, params, prompt: torch.Tensor, vocab: int, length: in
                      seed: int = 0) -> tuple[float, float]:
     """γ at temperature 1: the largest ‖J‖₂ over all prefixes y_<l, l = 1..L (exhaustive)."""
     best, worst_change = 0.0, 0.0
-    for l in range(length):
-        for prefix in (itertools.product(range(vocab), repeat=l) if l else [()]):
+    for prefix_len in range(length):
+        for prefix in (itertools.product(range(vocab), repeat=prefix_len) if prefix_len else [()]):
             ids = torch.cat([prompt, torch.tensor(prefix, dtype=torch.long)]).view(1, -1)
 
             def f(p, ids=ids):
@@ -313,7 +313,7 @@ def main(argv=None):
     common.add_argument("--rewards", default="random,indicator", help=f"reward kinds: {', '.join(REWARDS)}")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--power-iters", type=int, default=30, help="power iterations per Jacobian")
-    common.add_argument("--threads", type=int, default=0)
+    common.add_argument("--threads", type=thread_count, default=0)
     common.add_argument("--out", required=True, help="tidy CSV, one row per input × reward × temperature")
 
     micro = sub.add_parser("micro", parents=[common],

@@ -1,19 +1,40 @@
 import json
 import os
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from experiments.common.config import (
+    coerce_cli_values,
+    cross_field_problems,
+    duplicate_key_problem,
+    schema_problem,
+)
 
 SCALES = ("smoke", "tiny", "paper")
 SCALE = str(config.get("scale", "tiny"))
 if SCALE not in SCALES:
     raise WorkflowError(f"unknown scale {SCALE!r}: use --config scale=smoke|tiny|paper")
+SCALE_FILE = os.path.join(workflow.basedir, "workflow", "config", f"{SCALE}.yaml")
+# PyYAML keeps the last of two equal keys without a word: refuse them in the scale file and in --configfile files
+for _f in [SCALE_FILE, *workflow.config_settings.configfiles]:
+    if os.path.exists(_f) and (_dup := duplicate_key_problem(_f)):
+        raise WorkflowError(_dup)
 
 
-configfile: os.path.join(workflow.basedir, "workflow", "config", f"{SCALE}.yaml")
+configfile: SCALE_FILE
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+with open(os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")) as _f:
+    _SCHEMA = yaml.safe_load(_f)
+# --config parses nested values as strings ('{"seeds": [1, 2]}' -> ['1', '2']): give them the schema's types
+coerce_cli_values(config, workflow.config_settings.config, _SCHEMA)
+if _problem := schema_problem(config, _SCHEMA):
+    raise WorkflowError(_problem)
+validate(config, schema="../schemas/config.schema.yaml")  # passes now; fills in the schema's defaults
+if _problems := cross_field_problems(config):
+    raise WorkflowError("\n".join(_problems))
 if config["scale"] != SCALE:
     raise WorkflowError(f"workflow/config/{SCALE}.yaml says scale: {config['scale']!r}")
 for _m in config["persona"]["models"]:
