@@ -355,6 +355,15 @@ def test_refusal_dpo(tmp_path, initial, rates, seeds, expected):
     assert verdict == expected, (ours, why)
 
 
+def test_refusal_arm_without_pairs_prints_no_nan(tmp_path):
+    _refusal(tmp_path, [0.8, 0.82, 0.78], {"dpo_rr": [0.8, 0.82, 0.78]})
+    runs = pd.read_csv(tmp_path / "refusal/runs.csv")
+    runs.loc[runs.arm == "dpo_rr", "delta_logp_chosen"] = float("nan")     # no two-refusal pairs: not trained
+    runs.to_csv(tmp_path / "refusal/runs.csv", index=False)
+    ours, verdict, _ = p2.refusal_rr(tmp_path)
+    assert "nan" not in ours and "not trained" in ours and verdict == INCONCLUSIVE
+
+
 def test_refusal_two_refusal_arm_uses_the_same_rule(tmp_path):
     _refusal(tmp_path, [0.8, 0.82, 0.78], {"dpo": [0.9, 0.9, 0.9], "dpo_rr": [0.5, 0.55, 0.52]})
     assert p2.refusal_rr(tmp_path)[1] == YES and p2.refusal_dpo(tmp_path)[1] == NO

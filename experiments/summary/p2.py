@@ -176,8 +176,10 @@ def _refusal_arm_rule(res, arm: str, label: str) -> tuple[str, str, str]:
         pre = _initial_precondition(runs, model, arm)
         m = runs[runs.model == model]
         ini, after = m[m.arm == "initial"], m[m.arm == arm]
+        dlp = after["delta_logp_chosen"].dropna()
         rates = (f"{_rate(ini)} → {_rate(after)} (test {_rate(ini, 'refusal_rate_test')} → "
-                 f"{_rate(after, 'refusal_rate_test')}; Δ ln π(y+) {after['delta_logp_chosen'].mean():+.1f})")
+                 f"{_rate(after, 'refusal_rate_test')}; Δ ln π(y+) "
+                 f"{f'{dlp.mean():+.1f}' if len(dlp) else 'not trained: no pairs'})")
         if pre:
             texts.append(f"{model}: {rates}")
             words[model] = (NOT_TESTABLE, pre)
