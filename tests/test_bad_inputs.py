@@ -1,4 +1,4 @@
-"""Bad input, one clear line each (README "Troubleshooting"): every case exits with status 2, prints a
+"""Bad input, one clear line each (docs/troubleshooting.md): every case exits with status 2, prints a
 single ``error: …`` line naming what to fix, and writes no output file. The config-level cases (unknown
 scale, mistyped key, wrong type, negative learning rate / β / sample count, quantile outside [0, 1]) are
 in tests/test_workflow.py::test_bad_config_exits_nonzero_naming_the_key; the rest are here, with the

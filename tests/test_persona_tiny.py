@@ -37,7 +37,7 @@ def test_smollm2_dpo_saturates_then_moves_mass_to_benign_variants(smollm2_dir, m
     assert rows[-1]["p_rejected"] < rows[0]["p_rejected"] / 100
     meanings = [r["meaning"] for r in s["top_risers"][:3]]
     assert meanings.count("benign") >= 2, s["top_risers"][:3]
-    # RMSprop's sign-like first step through a real network moves h only partly along W+ − W− (README:
+    # RMSprop's sign-like first step through a real network moves h only partly along W+ − W− (docs/p2.md:
     # cos 0.18–0.27 at tiny scale); the wrong hidden state would give about 0
     assert 0.05 < s["theory_first_step"]["cos_dh_w_diff"] < 0.9
 

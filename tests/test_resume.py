@@ -40,7 +40,7 @@ def _run(argv, kill_after=None):
     env = {k: v for k, v in os.environ.items() if k != checkpoint.KILL_ENV}
     if kill_after is not None:
         env[checkpoint.KILL_ENV] = str(kill_after)
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
 
 
 def _sft(micro, data, out, ckpt=None, kill_after=None):

@@ -36,7 +36,7 @@ Rule = Callable[..., tuple[str, str, str]]
 CLAIMS: list[tuple[str, str, str, Rule]] = [
     ("P1 Thm 1", "the expected gradient of an input is bounded by its reward std", "every input within the bound",
      p1.theorem1_bound),
-    ("P1 Thm 1", "the gradient vanishes as the reward std → 0", "bound ∝ STD^(2/3) (Theorem 1)",
+    ("P1 Thm 1", "the gradient vanishes as the reward std → 0", "vanishes with the std (Theorem 1)",
      p1.theorem1_vanishing),
     ("P1 §4.3", "RFT needs Ω(1/σ²) steps, SFT O(log 1/σ)", "slope −2 / constant per decade", p1.separation),
     ("P1 §4.2", "SFT fits small-std inputs that RFT cannot move", "qualitative (MNIST, CIFAR10, STS-B)",
