@@ -57,6 +57,16 @@ def test_run_trains_two_steps_and_writes_every_key(micro, files, tmp_path):
     with open(tmp_path / "run" / "per_example.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and {r["id"] for r in rows} == {f"r{i}" for i in range(2, 10)}  # the 8 largest
+    # prompts over --max-prompt-tokens 16 lose the middle of their text; the CSV and the summary count it
+    from experiments.ches.scorer import encode_record
+    from experiments.models.load import load_tokenizer
+
+    tok = load_tokenizer(micro)
+    recs = {r["id"]: r for r in map(json.loads, data.read_text().splitlines())}
+    full = {i: len(encode_record(tok, recs[i], "chat", None, None, i).prompt) for i in recs}
+    assert [int(r["prompt_tokens"]) for r in rows] == [min(full[r["id"]], 16) for r in rows]
+    assert [int(r["prompt_tokens_dropped"]) for r in rows] == [max(full[r["id"]] - 16, 0) for r in rows]
+    assert saved["prompt_tokens_dropped"] == sum(max(full[r["id"]] - 16, 0) for r in rows) > 0
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["per_example.csv", "summary.json"]
 
 
@@ -123,6 +133,57 @@ def test_ipo_runs(micro, files, tmp_path):
                        batch_size=2, measure="ches_ln"))
     assert s["loss"] == "ipo" and s["steps"] == 2
     assert math.isclose(s["train_loss_first"], (1 / (2 * 0.1)) ** 2, rel_tol=1e-4)  # (0 - 1/(2β))²
+
+
+def _summed_logp(model, prompt, completion):
+    """Σ_k ln π(c_k | prompt, c_<k) from one unpadded forward (with the autograd graph)."""
+    logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + completion])).logits[0].float(), -1)
+    return sum(logp[len(prompt) - 1 + j, t] for j, t in enumerate(completion))
+
+
+def test_ipo_is_the_token_summed_closed_form(micro, tmp_path):
+    """--loss ipo: the trainer's loss and gradient are (h − 1/(2τ))² with h the difference of SUMMED-token
+    log-ratios, by hand; TRL's own loss_type="ipo" (each log-ratio divided by its completion length)
+    gives another value on completions of 6 and 2 tokens."""
+    from trl import DPOTrainer
+
+    from experiments.models.load import load_causal_lm, load_tokenizer
+
+    tok, policy, hand, ref = load_tokenizer(micro), load_causal_lm(micro), load_causal_lm(micro), load_causal_lm(micro)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a reference away from the policy: h != 0
+        for p in ref.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    prompt, chosen, rejected, tau = [5, 6, 7, 8], [20, 21, 22, 23, 24, 25], [30, 31], 0.1
+    with torch.no_grad():
+        ref_c, ref_r = float(_summed_logp(ref, prompt, chosen)), float(_summed_logp(ref, prompt, rejected))
+    h_c = _summed_logp(hand, prompt, chosen) - ref_c  # summed-token log-ratios, with the autograd graph
+    h_r = _summed_logp(hand, prompt, rejected) - ref_r
+    closed_form = (h_c - h_r - 1 / (2 * tau)) ** 2
+    closed_form.backward()  # the gradient by hand, on `hand` (a second copy of the initial policy)
+    want = float(closed_form.detach())
+    with torch.no_grad():
+        trl_form = float((h_c / len(chosen) - h_r / len(rejected) - 1 / (2 * tau)) ** 2)
+    assert abs(want - trl_form) > 5  # 55.3 against 38.3 here
+
+    rows = [{"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "ref_chosen_logps": ref_c,
+             "ref_rejected_logps": ref_r}]
+    trainer = dpo.make_trainer(policy, tok, rows, loss="ipo", beta=tau, lr=1e-3, batch_size=1, epochs=1, seed=0,
+                               precision="fp32", device=torch.device("cpu"), work_dir=tmp_path / "w")
+    batch = next(iter(trainer.get_train_dataloader()))
+    policy.train()
+    got = trainer.compute_loss(policy, batch)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    assert DPOTrainer._compute_loss(trainer, policy, batch, False).item() == pytest.approx(trl_form, rel=1e-5)
+    got.backward()
+    for (name, p), q in zip(policy.named_parameters(), hand.parameters(), strict=True):
+        scale = float(q.grad.abs().max())  # fp32 sums of ~10 terms: compare to the tensor's own scale
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    policy.zero_grad(set_to_none=True)
+    trainer.train()  # the path the CLI takes: the logged loss of the one step is the closed form too
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(want, rel=1e-4)
+    assert first["logps/chosen"] == pytest.approx(float(h_c.detach()) + ref_c, abs=1e-4)  # TRL's metrics still logged
 
 
 @pytest.mark.parametrize("kw, needle", [

@@ -15,8 +15,10 @@ from experiments.ches.scorer import (
     minus_normalized_edit_distance,
     score_encoded,
     scores_from_hidden,
+    truncate_prompt,
 )
 from experiments.ches.subsets import lowest_fraction, quantile_subset
+from experiments.common.cli import UserError
 
 SPEC = {"source": "random", "architecture": "llama", "num_layers": 2, "hidden_size": 32, "num_heads": 4,
         "intermediate_size": 64, "vocab_size": 400, "seed": 0, "single_token_words": ["Yes", "No"]}
@@ -91,14 +93,59 @@ def test_padded_batch_equals_per_example_unpadded(micro, fmt):
                 len(e.prompt), len(e.chosen), len(e.rejected))
 
 
-def test_truncation_keeps_prompt_end_and_response_start(micro):
+def test_truncate_prompt_on_hand_made_ids():
+    ids = list(range(20))  # 3 header tokens, 15 of text, 2 closing tokens
+    # budget 10: 5 tokens of text kept, the first 3 and the last 2; the 10 in the middle dropped
+    assert truncate_prompt(ids, 10, 3, 2) == [0, 1, 2, 3, 4, 5, 16, 17, 18, 19]
+    assert truncate_prompt(ids, 6, 3, 2) == [0, 1, 2, 3, 18, 19]       # one token of text: its first
+    assert truncate_prompt(ids, 20, 3, 2) == ids and truncate_prompt(ids, 25, 3, 2) == ids
+    assert truncate_prompt(ids, 4, 0, 0) == [0, 1, 18, 19]              # no template: the text's two ends
+    with pytest.raises(ValueError, match="no room"):
+        truncate_prompt(ids, 5, 3, 2)
+
+
+# ChatML with a default system turn, as SmolLM2-Instruct's template (the micro tokenizer has none)
+SYSTEM_CHATML = ("{{ '<|im_start|>system\\nYou are a careful assistant.<|im_end|>\\n' }}"
+                 "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+                 " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                 "{% endif %}")
+LONG = {"id": "t", "prompt": "Tell me about the cat and the dog, and the tree by the red mat, then say why the sky "
+                             "is blue today", "chosen": "a b c d e f g", "rejected": "Yes"}
+
+
+def test_long_chat_prompt_keeps_the_system_header_and_the_generation_prompt(micro):
+    """The old rule (keep the last N tokens) cut the system turn: here the header alone is 29 tokens."""
+    from experiments.models.load import load_tokenizer
+
+    tok = load_tokenizer(micro[0])
+    tok.chat_template = SYSTEM_CHATML
+    header = tok.encode("<|im_start|>system\nYou are a careful assistant.<|im_end|>\n<|im_start|>user\n",
+                        add_special_tokens=False)
+    closing = tok.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    whole = encode_record(tok, LONG, "chat", None, None, "x")
+    full = whole.prompt
+    assert full[:len(header)] == header and full[-len(closing):] == closing
+    text = full[len(header):len(full) - len(closing)]
+    assert len(text) > 40
+    for budget in (len(header) + len(closing) + 1, 48, len(full) - 1):
+        cut = encode_record(tok, LONG, "chat", budget, 2, "x")
+        room = budget - len(header) - len(closing)
+        assert len(cut.prompt) == budget
+        assert cut.prompt == header + text[:(room + 1) // 2] + text[len(text) - room // 2:] + closing
+        assert cut.truncated == {"prompt": len(full) - budget, "chosen": len(whole.chosen) - 2}
+        assert cut.chosen == whole.chosen[:2] and cut.rejected == whole.rejected  # responses: their start
+    short = encode_record(tok, LONG, "chat", len(full), None, "x")  # fits: untouched
+    assert short.prompt == full and short.truncated == {}
+    with pytest.raises(UserError, match="no room"):
+        encode_record(tok, LONG, "chat", len(header) + len(closing), None, "x")
+
+
+def test_long_plain_prompt_keeps_the_newline_and_both_ends_of_the_text(micro):
     _, _, tok = micro
-    rec = {"id": "t", "prompt": "one two three four five six seven eight", "chosen": "a b c d e f g",
-           "rejected": "Yes"}
-    full = encode_record(tok, rec, "plain", None, None, "x")
-    cut = encode_record(tok, rec, "plain", 3, 2, "x")
-    assert cut.prompt == full.prompt[-3:] and cut.chosen == full.chosen[:2] and cut.rejected == full.rejected
-    assert set(cut.truncated) == {"prompt", "chosen"}
+    full = encode_record(tok, LONG, "plain", None, None, "x").prompt
+    assert tok.decode(full[-1:]) == "\n"
+    cut = encode_record(tok, LONG, "plain", 9, None, "x")  # 8 tokens of text: the first 4 and the last 4
+    assert cut.prompt == full[:4] + full[-5:] and cut.truncated == {"prompt": len(full) - 9}
 
 
 # ------------------------------------------------------------------------------------------- subsets
@@ -140,23 +187,33 @@ def scored(micro, tmp_path_factory):
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS), encoding="utf-8")
     out = d / "scores.csv"
     p = _cli("score", "--model", str(folder), "--data", str(data), "--out", str(out), "--batch-size", "4",
-             "--max-prompt-tokens", "12", "--max-response-tokens", "6", "--precision", "fp32", "--no-progress")
+             "--max-prompt-tokens", "20", "--max-response-tokens", "6", "--precision", "fp32", "--no-progress")
     assert p.returncode == 0, p.stderr
-    return folder, data, out
+    return folder, data, out, p.stdout
 
 
-def test_score_cli_writes_csv_in_input_order(scored):
-    _, _, out = scored
+def test_score_cli_writes_csv_in_input_order(scored, micro):
+    _, _, out, stdout = scored
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == [r["id"] for r in RECORDS]
     assert list(rows[0]) == ["id", "ches", "ches_ln", "minus_edit_distance", "hidden_inner_prod",
-                             "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated"]
-    assert any(r["truncated"] == "1" for r in rows)
+                             "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated",
+                             "prompt_tokens_dropped", "chosen_tokens_dropped", "rejected_tokens_dropped"]
+    # what was cut, per pair and in total: the untruncated lengths minus the budgets (20 prompt, 6 response)
+    full = [encode_record(micro[2], r, "chat", None, None, r["id"]) for r in RECORDS]
+    dropped = {part: [max(len(getattr(e, part)) - cap, 0) for e in full]
+               for part, cap in (("prompt", 20), ("chosen", 6), ("rejected", 6))}
+    assert sum(dropped["prompt"]) > 0 and sum(dropped["chosen"]) + sum(dropped["rejected"]) > 0
+    for part, want in dropped.items():
+        assert [int(r[f"{part}_tokens_dropped"]) for r in rows] == want
+    assert [r["truncated"] for r in rows] == [str(int(any(dropped[p][k] for p in dropped))) for k in range(len(rows))]
+    assert (f"tokens dropped: prompt {sum(dropped['prompt'])}, chosen {sum(dropped['chosen'])}, "
+            f"rejected {sum(dropped['rejected'])}") in stdout
 
 
 def test_filter_keeps_exactly_the_lowest_fraction(scored, tmp_path):
-    _, data, out = scored
+    _, data, out, _ = scored
     with open(out, newline="") as f:
         vals = {r["id"]: float(r["ches_ln"]) for r in csv.DictReader(f)}
     kept = tmp_path / "kept.jsonl"
@@ -177,7 +234,7 @@ def _one_line_error(p):
 
 
 def test_cli_errors_exit_2_with_one_line(scored, tmp_path):
-    folder, data, out = scored
+    folder, data, out, _ = scored
     m = str(folder)
     assert "does not exist" in _one_line_error(
         _cli("score", "--model", m, "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o.csv")))

@@ -53,11 +53,12 @@ def _score(args) -> None:
                          max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
                          batch_size=args.batch_size, precision=args.precision, device=device,
                          progress=not args.no_progress)
-    t = summary["truncated"]
+    t, d = summary["truncated"], summary["tokens_dropped"]
     print(f"wrote {args.out}: {summary['records']} pairs, {summary['tokens']} tokens, "
           f"{summary['seconds']:.1f}s ({summary['records'] / max(summary['seconds'], 1e-9):.2f} pairs/s); "
           f"truncated records {summary['truncated_records']} (prompt {t['prompt']}, chosen {t['chosen']}, "
-          f"rejected {t['rejected']})")
+          f"rejected {t['rejected']}); tokens dropped: prompt {d['prompt']}, chosen {d['chosen']}, "
+          f"rejected {d['rejected']}")
 
 
 def _filter(args) -> None:
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="JSONL: one {id, prompt, chosen, rejected} per line")
     s.add_argument("--out", required=True, help="output CSV")
     s.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "plain"])
-    s.add_argument("--max-prompt-tokens", type=int, default=128, help="keep the END of the prompt (0 = no limit)")
+    s.add_argument("--max-prompt-tokens", type=int, default=128,
+                   help="longer prompts keep the template's header and closing tokens and lose the middle of "
+                        "their text (0 = no limit)")
     s.add_argument("--max-response-tokens", type=int, default=128,
                    help="keep the START of each response (0 = no limit)")
     s.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")

@@ -10,9 +10,10 @@ Tokens (the same for scoring, training and measuring):
 
 * prompt and responses are tokenised by the scorer (:func:`experiments.ches.scorer.encode_record`):
   chat = the prompt as one user turn with the generation prompt, plain = ``prompt + "\\n"`` with the
-  tokenizer's special tokens; responses ``encode(response, add_special_tokens=False)``; truncation
-  keeps the END of the prompt (``--max-prompt-tokens``) and the START of each response
-  (``--max-response-tokens``);
+  tokenizer's special tokens; responses ``encode(response, add_special_tokens=False)``; a prompt over
+  ``--max-prompt-tokens`` keeps the template's header and closing tokens and drops the middle of its
+  text (:func:`experiments.ches.scorer.truncate_prompt`), responses keep their START
+  (``--max-response-tokens``); ``per_example.csv`` counts the prompt tokens dropped;
 * the trained completion is the response ids plus the EOS id when the response was not truncated
   (the official runner trains on ``response + EOS`` and its length cut removes the EOS of cut
   responses); ``--no-eos`` trains on the response ids alone.
@@ -24,8 +25,17 @@ values (``precompute_ref_log_probs``: the reference is the initial model, with n
 memory). Seed: the subset order and the trainer's shuffling; the subset itself is fixed by
 measure + quantile.
 
-Note: TRL's ``loss_type="ipo"`` divides each log-ratio by its completion length (TRL docstring: the
-IPO authors' normalised form); the official P2 code uses token sums.
+Losses (``--loss``; ``--beta`` is β for DPO and τ for IPO), both on TOKEN-SUMMED log-probs, as the
+official P2 code:
+
+* ``dpo`` -- TRL's ``loss_type="sigmoid"``, −ln σ(β·h);
+* ``ipo`` -- (h − 1/(2τ))² (:func:`experiments.persona.losses.preference_loss`), computed by this
+  module's trainer class, NOT TRL's ``loss_type="ipo"``, which divides each log-ratio by its
+  completion length (TRL's comment: the form behind the IPO authors' results). TRL still runs the
+  forward pass and logs its metrics; only the loss it returns is replaced (:func:`_trainer_class`);
+
+with h = [ln π(y+|x) − ln π_ref(y+|x)] − [ln π(y−|x) − ln π_ref(y−|x)], each ln π a sum over the
+completion tokens.
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ LOSSES = {"dpo": "sigmoid", "ipo": "ipo"}
 SUMMARY_KEYS = ("measure", "quantile", "seed", "loss", "n", "logp_chosen_before", "logp_chosen_after",
                 "delta_logp_chosen", "delta_logp_rejected", "train_loss_first", "train_loss_last", "steps",
                 "manifest")
-PER_EXAMPLE = ["id", "value", "prompt_tokens", "chosen_tokens", "rejected_tokens",
+PER_EXAMPLE = ["id", "value", "prompt_tokens", "chosen_tokens", "rejected_tokens", "prompt_tokens_dropped",
                "logp_chosen_before", "logp_chosen_after", "delta_logp_chosen",
                "logp_rejected_before", "logp_rejected_after", "delta_logp_rejected"]
 
@@ -118,7 +128,8 @@ def select_subset(ids: list[str], values: list[float], records: dict[str, dict],
 
 def encode_subset(tokenizer, recs: list[dict], fmt: str, max_prompt: int | None, max_response: int | None,
                   eos: bool) -> list[dict]:
-    """Token ids as the trainer sees them: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``."""
+    """Token ids as the trainer sees them (``prompt_ids``, ``chosen_ids``, ``rejected_ids``) and the number
+    of prompt tokens truncation dropped (``prompt_tokens_dropped``)."""
     from experiments.ches.scorer import encode_record
 
     eos_id = tokenizer.eos_token_id
@@ -129,7 +140,8 @@ def encode_subset(tokenizer, recs: list[dict], fmt: str, max_prompt: int | None,
         e = encode_record(tokenizer, rec, fmt, max_prompt, max_response, f"record {rec['id']!r}")
         tail = {k: ([eos_id] if eos and k not in e.truncated else []) for k in ("chosen", "rejected")}
         rows.append({"id": e.id, "prompt_ids": list(e.prompt), "chosen_ids": list(e.chosen) + tail["chosen"],
-                     "rejected_ids": list(e.rejected) + tail["rejected"]})
+                     "rejected_ids": list(e.rejected) + tail["rejected"],
+                     "prompt_tokens_dropped": e.truncated.get("prompt", 0)})
     return rows
 
 
@@ -182,10 +194,16 @@ def pair_logps(model, rows: list[dict], *, batch_size: int, precision: str, pad_
 def _trainer_class():
     from trl import DPOTrainer
 
+    from experiments.persona.losses import preference_loss
+
     class PretokenizedDPOTrainer(DPOTrainer):
         """DPOTrainer on a dataset that already holds TRL's tokenised columns (``prompt_ids``,
         ``chosen_ids``, ``rejected_ids``) and the reference log-probs (``ref_chosen_logps``,
-        ``ref_rejected_logps``): both preparation passes are identities."""
+        ``ref_rejected_logps``): both preparation passes are identities.
+
+        ``loss_type=["ipo"]`` is P2's IPO on token-summed log-ratios, not TRL's length-normalised one:
+        TRL's ``_compute_loss`` runs as usual (forward pass, metrics), the policy's per-token log-probs
+        of that forward are kept, and the loss it returns is replaced by (h − 1/(2τ))² over their sums."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
@@ -195,6 +213,27 @@ def _trainer_class():
             if missing:
                 raise ValueError(f"dataset lacks {sorted(missing)}")
             return dataset
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            if "ipo" not in self.loss_types:
+                return super()._compute_loss(model, inputs, return_outputs)
+            if list(self.loss_types) != ["ipo"]:
+                raise ValueError(f"the summed-token IPO cannot be combined with other losses: {self.loss_types}")
+            forwards = []
+
+            def policy(*args, **kwargs):  # TRL's policy forward, its outputs kept
+                out = model(*args, **kwargs)
+                forwards.append(out)
+                return out
+
+            result = super()._compute_loss(policy, inputs, return_outputs)  # its IPO value is discarded
+            completion = inputs["completion_mask"][:, 1:]  # the mask of the next-token log-probs
+            per_token = forwards[0].log_probs[:, -completion.size(1):]  # [2B, L-1], as TRL slices them
+            chosen, rejected = (per_token * completion).sum(dim=1).chunk(2, dim=0)  # TRL's batch: [chosen; rejected]
+            losses, _, _ = preference_loss(chosen, rejected, inputs["ref_chosen_logps"], inputs["ref_rejected_logps"],
+                                           self.beta, loss_type="ipo")
+            loss = losses.mean() * self.loss_weights[0]
+            return (loss, result[1]) if return_outputs else loss
 
     return PretokenizedDPOTrainer
 
@@ -211,10 +250,10 @@ def _callbacks():
     return [NanGuard()]
 
 
-def train(model, tokenizer, rows: list[dict], *, loss: str = "dpo", beta: float, lr: float, batch_size: int,
-          epochs: int, seed: int, precision: str, device: torch.device, work_dir: Path,
-          loss_type: list[str] | None = None, loss_weights: list[float] | None = None, trainer_cls=None) -> dict:
-    """Run TRL's DPOTrainer over ``rows`` (with ``ref_*_logps``); returns the trainer's log history.
+def make_trainer(model, tokenizer, rows: list[dict], *, loss: str = "dpo", beta: float, lr: float,
+                 batch_size: int, epochs: int, seed: int, precision: str, device: torch.device, work_dir: Path,
+                 loss_type: list[str] | None = None, loss_weights: list[float] | None = None, trainer_cls=None):
+    """TRL's DPOTrainer set up over ``rows`` (with ``ref_*_logps``), not yet trained.
     ``loss_type``/``loss_weights`` override ``loss`` (e.g. ``["sigmoid", "sft"]``, ``[1, λ]``);
     ``trainer_cls`` replaces the pre-tokenised trainer (a subclass of it)."""
     from datasets import Dataset
@@ -233,8 +272,14 @@ def train(model, tokenizer, rows: list[dict], *, loss: str = "dpo", beta: float,
     )
     ds = Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids",
                                                 "ref_chosen_logps", "ref_rejected_logps")} for r in rows])
-    trainer = (trainer_cls or _trainer_class())(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
-                                                callbacks=_callbacks())
+    return (trainer_cls or _trainer_class())(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
+                                             callbacks=_callbacks())
+
+
+def train(model, tokenizer, rows: list[dict], **kwargs) -> dict:
+    """Train :func:`make_trainer` (same arguments); returns the trainer's log history, its step count and
+    the trainer."""
+    trainer = make_trainer(model, tokenizer, rows, **kwargs)
     trainer.train()
     return {"log_history": list(trainer.state.log_history), "steps": int(trainer.state.global_step),
             "trainer": trainer}
@@ -360,13 +405,14 @@ def run(args) -> list[dict]:
             w.writerow(PER_EXAMPLE)
             for k, r in enumerate(rows):
                 w.writerow([r["id"], repr(value[r["id"]]), len(r["prompt_ids"]), len(r["chosen_ids"]),
-                            len(r["rejected_ids"]), repr(float(c0[k])), repr(float(c1[k])),
-                            repr(float(c1[k] - c0[k])), repr(float(r0[k])), repr(float(r1[k])),
+                            len(r["rejected_ids"]), r["prompt_tokens_dropped"], repr(float(c0[k])),
+                            repr(float(c1[k])), repr(float(c1[k] - c0[k])), repr(float(r0[k])), repr(float(r1[k])),
                             repr(float(r1[k] - r0[k]))])
         summary = {
             "measure": args.measure, "quantile": args.quantile, "seed": seed, "loss": args.loss,
             "n": len(rows), "beta": args.beta, "lr": args.lr, "batch_size": args.batch_size,
             "epochs": args.epochs, "precision": precision, "prompt_format": fmt, "eos": not args.no_eos,
+            "prompt_tokens_dropped": sum(r["prompt_tokens_dropped"] for r in rows),
             "measure_min": min(value.values()), "measure_max": max(value.values()),
             "logp_chosen_before": float(c0.mean()), "logp_chosen_after": float(c1.mean()),
             "delta_logp_chosen": float((c1 - c0).mean()),
@@ -408,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--prompt-format", default="auto", help="auto | chat | plain")
-    p.add_argument("--max-prompt-tokens", type=int, default=128, help="keep the END of the prompt (0 = all)")
+    p.add_argument("--max-prompt-tokens", type=int, default=128,
+                   help="longer prompts keep the template's header and closing tokens and lose the middle of "
+                        "their text (0 = all)")
     p.add_argument("--max-response-tokens", type=int, default=128, help="keep the START of responses (0 = all)")
     p.add_argument("--no-eos", action="store_true", help="do not append EOS to untruncated responses")
     p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16")

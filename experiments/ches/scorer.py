@@ -29,13 +29,23 @@ no EOS appended, and against ``ches/ches.py::compute_ches_scores``):
 
 Differences from the official script (deliberate): the prompt and the response are tokenised
 separately and their id lists concatenated, so the response boundary is exact (the official code
-tokenises ``query + response`` as one string and assumes the query tokens are a prefix); truncation
-keeps the END of the prompt (``max_prompt_tokens``) and the START of each response
-(``max_response_tokens``) instead of cutting ``prompt + response`` at 512 from the right; records are
-batched and sorted by length: right padding, explicit position ids 0..L-1 per row, and the padding
-mask selecting which positions enter the sums (with right padding the causal mask alone keeps every
-real position from attending to a pad, so the model is called without the padding mask: same numbers,
-faster SDPA path).
+tokenises ``query + response`` as one string and assumes the query tokens are a prefix); prompts and
+responses are truncated separately (below) instead of cutting ``prompt + response`` at 512 from the
+right; records are batched and sorted by length: right padding, explicit position ids 0..L-1 per
+row, and the padding mask selecting which positions enter the sums (with right padding the causal
+mask alone keeps every real position from attending to a pad, so the model is called without the
+padding mask: same numbers, faster SDPA path).
+
+Truncation (:func:`encode_record`; the same tokens are trained on by :mod:`experiments.ches.dpo`). A
+rendered prompt longer than ``max_prompt_tokens`` keeps, exactly, the template's tokens before the
+prompt text (e.g. SmolLM2's default system turn and ``<|im_start|>user\\n``) and after it
+(``<|im_end|>\\n<|im_start|>assistant\\n``), found by :func:`prompt_frame`; of the text between them
+it keeps the first ⌈C/2⌉ and the last ⌊C/2⌋ tokens (C = the budget the template leaves) and drops
+the middle (:func:`truncate_prompt`). So the start of the user turn and the words just before the
+assistant turn survive, and the kept prompt is exactly ``max_prompt_tokens`` long; a budget that
+cannot hold the template plus one token of text is an error. Each response keeps its first
+``max_response_tokens`` tokens. The CSV records per pair the tokens dropped from each part
+(``*_tokens_dropped``; ``truncated`` is 1 when any is > 0), :func:`score_file` their totals.
 
 Prompt formats (``experiments.persona.prompts.resolve_format``): chat = the prompt as one user turn
 rendered with ``apply_chat_template(..., add_generation_prompt=True)`` and encoded with
@@ -68,8 +78,10 @@ from experiments.common.torchutil import autocast
 
 log = logging.getLogger(__name__)
 
+PARTS = ("prompt", "chosen", "rejected")
 COLUMNS = ["id", "ches", "ches_ln", "minus_edit_distance", "hidden_inner_prod",
-           "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated"]
+           "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated",
+           "prompt_tokens_dropped", "chosen_tokens_dropped", "rejected_tokens_dropped"]
 MEASURES = ("ches", "ches_ln", "minus_edit_distance", "hidden_inner_prod")
 REQUIRED_KEYS = ("id", "prompt", "chosen", "rejected")
 
@@ -130,24 +142,78 @@ class Encoded:
     truncated: dict = field(default_factory=dict)  # part -> number of tokens cut
 
 
-def render_prompt_ids(tokenizer, prompt: str, fmt: str) -> list[int]:
+PROMPT_SLOT = "@@ches-prompt@@"  # rendered in place of the prompt text to find the template around it
+
+
+def _prompt_text(tokenizer, prompt: str, fmt: str) -> str:
     if fmt == "chat":
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.encode(prompt + "\n", add_special_tokens=True)
+    return prompt + "\n"
+
+
+def _encode_prompt_text(tokenizer, text: str, fmt: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=fmt != "chat")
+
+
+def render_prompt_ids(tokenizer, prompt: str, fmt: str) -> list[int]:
+    return _encode_prompt_text(tokenizer, _prompt_text(tokenizer, prompt, fmt), fmt)
+
+
+def prompt_frame(tokenizer, ids: list[int], fmt: str) -> tuple[int, int]:
+    """(header, closing): how many leading and trailing tokens of a rendered prompt's ``ids`` are the
+    template's, not the prompt text's.
+
+    The template is rendered around :data:`PROMPT_SLOT`; the text before the slot (chat: the system
+    turn the template adds, if any, and the user-turn marker; plain: nothing but the tokenizer's BOS)
+    and the text after it (chat: the end of the turn and the generation prompt; plain: the ``"\\n"``)
+    are encoded as the prompt is, and matched against the start and the end of ``ids``. A token that
+    straddles the template and the prompt text counts as text."""
+    text = _prompt_text(tokenizer, PROMPT_SLOT, fmt)
+    if text.count(PROMPT_SLOT) != 1:
+        raise UserError("the chat template does not render the user message exactly once: "
+                        "cannot tell its header from the prompt text")
+    head, tail = text.split(PROMPT_SLOT)
+    head_ids, tail_ids = _encode_prompt_text(tokenizer, head, fmt), _encode_prompt_text(tokenizer, tail, fmt)
+    n_head = 0
+    while n_head < min(len(ids), len(head_ids)) and ids[n_head] == head_ids[n_head]:
+        n_head += 1
+    n_tail = 0
+    while (n_tail < min(len(ids) - n_head, len(tail_ids))
+           and ids[len(ids) - 1 - n_tail] == tail_ids[len(tail_ids) - 1 - n_tail]):
+        n_tail += 1
+    return n_head, n_tail
+
+
+def truncate_prompt(ids: list[int], max_tokens: int, n_head: int, n_tail: int) -> list[int]:
+    """``ids`` cut to ``max_tokens`` (unchanged when not longer): the first ``n_head`` and the last
+    ``n_tail`` tokens (the template's, :func:`prompt_frame`) are kept, and of the prompt text between
+    them the first ⌈C/2⌉ and the last ⌊C/2⌋ tokens, C = ``max_tokens - n_head - n_tail``: the middle of
+    the text is what is dropped (``len(ids) - max_tokens`` tokens)."""
+    if len(ids) <= max_tokens:
+        return list(ids)
+    room = max_tokens - n_head - n_tail
+    if room < 1:
+        raise ValueError(f"{max_tokens} tokens leave no room for the prompt text between the template's "
+                         f"{n_head} header and {n_tail} closing tokens")
+    first = (room + 1) // 2
+    return list(ids[:n_head + first]) + list(ids[len(ids) - n_tail - (room - first):])
 
 
 def encode_record(tokenizer, rec: dict, fmt: str, max_prompt_tokens: int | None,
                   max_response_tokens: int | None, where: str) -> Encoded:
-    """Tokenise one record; truncate the prompt from the left, the responses from the right."""
+    """Tokenise one record; a long prompt loses the middle of its text (:func:`truncate_prompt`), long
+    responses their end. ``truncated`` maps each cut part to the number of tokens dropped."""
     p = render_prompt_ids(tokenizer, rec["prompt"], fmt)
     c = tokenizer.encode(rec["chosen"], add_special_tokens=False)
     r = tokenizer.encode(rec["rejected"], add_special_tokens=False)
     cut = {}
     if max_prompt_tokens and len(p) > max_prompt_tokens:
         cut["prompt"] = len(p) - max_prompt_tokens
-        p = p[-max_prompt_tokens:]
+        try:
+            p = truncate_prompt(p, max_prompt_tokens, *prompt_frame(tokenizer, p, fmt))
+        except ValueError as e:
+            raise UserError(f"{where}: --max-prompt-tokens {max_prompt_tokens}: {e}") from None
     if max_response_tokens:
         for name, ids in (("chosen", c), ("rejected", r)):
             if len(ids) > max_response_tokens:
@@ -264,7 +330,8 @@ def score_encoded(body, encs: list[Encoded], batch_size: int, device, precision:
                      "minus_edit_distance": minus_normalized_edit_distance(e.chosen, e.rejected),
                      "hidden_inner_prod": float(inner[k]), "prompt_tokens": len(e.prompt),
                      "chosen_tokens": len(e.chosen), "rejected_tokens": len(e.rejected),
-                     "truncated": int(bool(e.truncated))})
+                     "truncated": int(bool(e.truncated)),
+                     **{f"{part}_tokens_dropped": e.truncated.get(part, 0) for part in PARTS}})
     return rows
 
 
@@ -278,7 +345,8 @@ def score_file(model, tokenizer, data: str | os.PathLike, out: str | os.PathLike
                device: torch.device | str = "cpu", chunk_records: int = 512, progress: bool = True) -> dict:
     """Stream ``data`` (JSONL) in chunks, score it, and write the CSV ``out`` (atomic) in input order.
 
-    Returns a summary: counts, truncation counts per part, token count, seconds; ``rows`` holds the
+    Returns a summary: counts, truncated records per part (``truncated``) and the tokens they lost
+    (``tokens_dropped``), token count, seconds; ``rows`` holds the
     score rows only when ``out`` is None (benchmarks/tests)."""
     from experiments.persona.prompts import resolve_format
 
@@ -303,8 +371,8 @@ def score_file(model, tokenizer, data: str | os.PathLike, out: str | os.PathLike
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=total, unit="pair", desc="ches", dynamic_ncols=True)
-    summary = {"records": 0, "truncated_records": 0, "truncated": {"prompt": 0, "chosen": 0, "rejected": 0},
-               "tokens": 0, "format": fmt, "precision": precision}
+    summary = {"records": 0, "truncated_records": 0, "truncated": dict.fromkeys(PARTS, 0),
+               "tokens_dropped": dict.fromkeys(PARTS, 0), "tokens": 0, "format": fmt, "precision": precision}
     kept_rows = [] if out is None else None
     t0 = time.perf_counter()
 
@@ -324,8 +392,9 @@ def score_file(model, tokenizer, data: str | os.PathLike, out: str | os.PathLike
             for e in encs:
                 summary["records"] += 1
                 summary["truncated_records"] += bool(e.truncated)
-                for part in e.truncated:
+                for part, n in e.truncated.items():
                     summary["truncated"][part] += 1
+                    summary["tokens_dropped"][part] += n
                 summary["tokens"] += 2 * len(e.prompt) + len(e.chosen) + len(e.rejected)
             for row in score_encoded(body, encs, batch_size, device, precision, pad_id, bar):
                 if writer is not None:
@@ -348,10 +417,11 @@ def score_file(model, tokenizer, data: str | os.PathLike, out: str | os.PathLike
     summary["seconds"] = time.perf_counter() - t0
     if kept_rows is not None:
         summary["rows"] = kept_rows
-    t = summary["truncated"]
-    log.info("scored %d pairs (%s format, %s) in %.1fs; truncated records: %d (prompt %d, chosen %d, rejected %d)",
-             summary["records"], fmt, precision, summary["seconds"], summary["truncated_records"],
-             t["prompt"], t["chosen"], t["rejected"])
+    t, d = summary["truncated"], summary["tokens_dropped"]
+    log.info("scored %d pairs (%s format, %s) in %.1fs; truncated records: %d (prompt %d, chosen %d, rejected %d); "
+             "tokens dropped: prompt %d, chosen %d, rejected %d", summary["records"], fmt, precision,
+             summary["seconds"], summary["truncated_records"], t["prompt"], t["chosen"], t["rejected"],
+             d["prompt"], d["chosen"], d["rejected"])
     return summary
 
 
