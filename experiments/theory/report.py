@@ -142,7 +142,7 @@ def controlled_rows(ctl: pd.DataFrame, scale: str) -> list[dict]:
             end = gg[gg.epoch == gg.epoch.max()].groupby("seed")
             r0, r1 = start["reward"].mean(), end["reward"].mean()
             acc, std0 = end["accuracy"].mean(), start["reward_std"].mean()
-            spread = f" ± {r1.std(ddof=1):.2f}" if seeds > 1 else ""
+            spread = f" (sd {r1.std(ddof=1):.2g} over seeds)" if seeds > 1 else ""
             rows.append({
                 "experiment": "P1 §4.2 controlled", "setting": f"{dataset}, {variant} ({g['reward_kind'].iloc[0]})",
                 "quantity": f"{METHOD_NAMES[method]}: reward of {group} inputs, start → end (accuracy)",
