@@ -537,7 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--prompt-format", default="auto", help="auto | chat | plain")
-    p.add_argument("--max-prompt-tokens", type=int, default=0, help="keep the END of the prompt (0 = all)")
+    p.add_argument("--max-prompt-tokens", type=int, default=0,
+                   help="prompt token budget for DPO (0 = all): over it, the template is kept and the middle of "
+                        "the text dropped")
     p.add_argument("--max-response-tokens", type=int, default=0, help="keep the START of responses (0 = all)")
     p.add_argument("--no-eos", action="store_true", help="do not append EOS to untruncated responses")
     p.add_argument("--eval-max-new-tokens", type=int, default=512)
