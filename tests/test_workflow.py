@@ -372,7 +372,8 @@ def test_smoke_summary_and_report(smoke_run, tmp_path):
     r = snakemake("--report", str(report), "--config", "scale=smoke", "--directory", str(smoke_run), env_extra=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     html = report.read_text()
-    for needle in ("P1: vanishing gradients in RFT", "P2: likelihood displacement in DPO", "Refusal rate of the initial model",
+    for needle in ("P1: vanishing gradients in RFT", "P2: likelihood displacement in DPO",
+                   "Refusal rate of the initial model",
                    "refusal_rates.png", "table_ches.csv", "smoke scale", "Headline summary"):
         assert needle in html, needle
     captions = sorted(p.stem for p in (REPO / "workflow/report").glob("*.rst") if p.stem != "workflow")
