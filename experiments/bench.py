@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch
 import yaml
 
 from experiments.common.cli import UserError, main_guard, thread_count
+from experiments.common.io import cpu_model as cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,17 +54,6 @@ def need(path: Path, what: str) -> Path:
         raise UserError(f"{path}: {what} missing; build it first, e.g. snakemake --cores all --config scale=… "
                         f"--until prepare_model prepare_persona prepare_preferences prepare_grue_task")
     return path
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ----------------------------------------------------------------------------------------- CHES

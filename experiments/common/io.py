@@ -182,6 +182,18 @@ def git_revision() -> dict:
     return {"sha": sha, "dirty": dirty}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def run_manifest(seed: int | None = None, device: str | None = None, started: float | None = None,
                  **extra: Any) -> dict:
     """What produced a run: code revision, package versions, device, seed, wall time."""

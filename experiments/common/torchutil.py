@@ -9,6 +9,8 @@ import random
 import numpy as np
 import torch
 
+from experiments.common.io import cpu_model
+
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
@@ -62,7 +64,7 @@ def cpu_precision_probe(refresh: bool = False) -> dict:
     import platform
     import time
 
-    key = {"capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model(),
+    key = {"capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "shape": list(PROBE_SHAPE)}
     path = _probe_cache()
     if not refresh and os.path.exists(path):
@@ -99,19 +101,6 @@ def cpu_precision_probe(refresh: bool = False) -> dict:
     except OSError:
         pass                                            # an unwritable cache only costs the probe again
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
