@@ -30,15 +30,23 @@ import torch
 from experiments.common.cli import UserError, main_guard, thread_count
 
 
-def matmul_flops(dtype: torch.dtype, size: int = 2048, reps: int = 10, trials: int = 5) -> float:
+def matmul_flops(dtype: torch.dtype, size: int = 2048, reps: int = 10, trials: int = 5,
+                 trial_seconds: float = 0.5) -> float:
     """The best of ``trials`` timings of ``reps`` products of two ``size``² matrices, in FLOP/s
-    (2·size³ per product): the machine's attainable matmul rate for ``dtype`` (best, not mean: a ceiling)."""
+    (2·size³ per product): the machine's attainable matmul rate for ``dtype`` (best, not mean: a ceiling).
+    ``reps`` shrinks (to 1 at least) so that a trial takes about ``trial_seconds``: on a CPU without fast
+    bf16 one 2048³ bf16 product takes ~17 s, and 53 of them would take a quarter of an hour."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    for _ in range(3):
-        a @ b
+    t = time.perf_counter()
+    a @ b
+    first = time.perf_counter() - t
+    reps = max(1, min(reps, int(trial_seconds / max(first, 1e-9))))
+    if first < 0.1:
+        for _ in range(2):
+            a @ b
     best = float("inf")
-    for _ in range(trials):
+    for _ in range(trials if first < 1.0 else 2):
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
