@@ -12,8 +12,6 @@ from collections import Counter
 
 import matplotlib
 import matplotlib.patches
-import numpy as np
-import scipy.stats as sps
 
 matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
@@ -51,15 +49,17 @@ def top_tokens(riser_lists: list[list[dict]], meaning: str, n: int = 3) -> str:
 
 
 def mean_ci_text(values) -> str:
-    """Mean over seeds, with the half-width of its 95 % t-interval when there are ≥ 2 seeds."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
+    """Mean over seeds, with the half-width of its 95 % t-interval (``summary.intervals.t_interval``)
+    when there are ≥ 2 distinct seeds' values."""
+    from experiments.summary.intervals import t_interval
+
+    iv = t_interval(values)
+    if iv.n == 0:
         return "—"
-    if len(x) == 1:
-        return f"{x[0]:.2f} (1 seed, no interval)"
-    half = sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return f"{x.mean():.2f} ± {half:.2f}" if half >= 0.005 else f"{x.mean():.2f} ± <0.01"
+    if iv.n == 1:
+        return f"{iv.mean:.2f} (1 seed, no interval)"
+    half = iv.half_width if iv.ok else 0.0          # all seeds equal: the interval has no width
+    return f"{iv.mean:.2f} ± {half:.2f}" if half >= 0.005 else f"{iv.mean:.2f} ± <0.01"
 
 
 def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
