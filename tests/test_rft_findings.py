@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -92,7 +93,9 @@ def test_missing_reference_run_is_a_clear_error(runs):
 
 def test_cli_writes_every_output(runs, tmp_path):
     out = tmp_path / "fig"
-    findings.main(["--runs", *runs, "--scale", "tiny", "--threshold", "0.05", "--out-csv",
+    stats = tmp_path / "reward_stats.csv"
+    pd.DataFrame({"task": "cg", "model": "m", "input_id": IDS, "mean": MEAN0, "std": STD0}).to_csv(stats, index=False)
+    findings.main(["--runs", *runs, "--stats", str(stats), "--scale", "tiny", "--threshold", "0.05", "--out-csv",
                    str(tmp_path / "runs.csv"), "--out-dir", str(out)])
     assert len(pd.read_csv(tmp_path / "runs.csv")) == len(runs)
     for name in ("table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft"):
@@ -127,3 +130,31 @@ def test_two_seeds_give_an_interval(tmp_path):
     r, per, _ = findings.collect(dirs)
     t = findings.heuristics_table(r, per, threshold=0.05, scale="tiny").iloc[0]
     assert t["±95% CI"] > 0 and t["source"].endswith("2 seeds")
+
+
+def test_std_axis_comes_from_the_reward_statistics(runs):
+    r, per, _ = findings.collect(runs)
+    # the statistics reverse the evaluation's std: now c, d are the small-std inputs (RFT gains 0.2, 0.3)
+    stats = pd.DataFrame({"task": "cg", "model": "m", "input_id": IDS, "std": STD0[::-1], "mean": MEAN0})
+    per = findings.attach_stats_std(per, stats)
+    t = findings.findings_table(r, per, threshold=0.05, scale="tiny").iloc[0]
+    assert t["RFT gain, small-std inputs"] == pytest.approx(0.25)
+    from experiments.common.cli import UserError
+
+    with pytest.raises(UserError, match="no reward statistics"):
+        findings.attach_stats_std(per, stats.iloc[1:])
+
+
+def test_small_std_sets_and_the_gain_contrast_by_hand():
+    std = [0.3, 0.01, 0.2, 0.02, 0.5, 0.04, 0.6, 0.7, 0.8, 0.9, 0.15]   # 11 inputs: the decile is 2
+    sets = findings.small_std_sets(std, 0.05)
+    assert sets["std < 0.05"].tolist() == [s < 0.05 for s in std]
+    assert sets["bottom decile of std"].nonzero()[0].tolist() == [1, 3]
+    flat = findings.gain_contrast([0.1] * 11, sets["std < 0.05"])
+    assert not flat.ok and "gains equal" in flat.why and flat.mean == pytest.approx(0.0, abs=1e-12)
+    gain = [0.3, 0.0, 0.1, 0.0, 0.1, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1]
+    iv = findings.gain_contrast(gain, sets["std < 0.05"])
+    assert iv.mean == pytest.approx(0.025 + 0.1)    # others (0.3 + 7 x 0.1) / 8 − small 0
+    assert iv.ok and iv.lo <= iv.mean <= iv.hi and iv.lo >= 0.1 - 1e-12
+    one = findings.gain_contrast(gain, sets["bottom decile of std"] & (np.arange(11) == 1))
+    assert not one.ok and "a group under 2" in one.why

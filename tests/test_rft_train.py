@@ -89,6 +89,20 @@ def test_group_stats():
     assert small == pytest.approx(2 / 3)
 
 
+def test_pool_draws_walk_the_pool_without_replacement():
+    draws = train.pool_draws(8, 3, 8, seed=5)                     # 24 draws = 3 passes over 8 inputs
+    flat = [i for d in draws for i in d]
+    assert len(draws) == 8 and all(len(d) == 3 for d in draws)
+    for k in range(3):                                            # each pass is a permutation
+        assert sorted(flat[8 * k:8 * (k + 1)]) == list(range(8))
+    assert draws == train.pool_draws(8, 3, 8, seed=5) != train.pool_draws(8, 3, 8, seed=6)
+    assert train.pool_draws(8, 3, 4, seed=5) == draws[:4]         # a resumed run trains the same inputs
+    counts = torch.bincount(torch.tensor([i for d in train.pool_draws(5, 3, 4, seed=0) for i in d]), minlength=5)
+    assert counts.min() >= 2 and counts.max() <= 3                # 12 draws over 5 inputs: 12/5 ± 1
+    with pytest.raises(ValueError):
+        train.pool_draws(0, 3, 4, seed=0)
+
+
 def test_actor_critic_logps_are_padding_aware(models):
     from experiments.models.load import load_causal_lm
 
@@ -138,6 +152,8 @@ def test_ppo_cli_writes_diagnostics_and_per_input_gains(models, task_file, tmp_p
     assert len(per) == 4 and per[["mean_before", "mean_after"]].notna().all().all()
     assert s["reward_before"] == pytest.approx(per["mean_before"].mean())
     assert s["reward_after"] == pytest.approx(per["mean_after"].mean())
+    # the summary says how often each input was trained on (the pool walked without replacement)
+    assert s["visits_pool_max"] - s["visits_pool_min"] <= 1 and s["eval_inputs_trained"] <= len(per)
 
 
 def test_constant_reward_gives_no_policy_gradient(models, task_file, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments.common.cli import UserError
 from experiments.summary import CLAIMS, MEANING, intervals, p1, p2, summary_table
 from experiments.summary.intervals import (
     HOLDS,
@@ -51,6 +52,22 @@ def test_bootstrap_interval_covers_the_point_and_is_reproducible():
     a = intervals.bootstrap_interval(lambda i: x[i].mean(), 20)
     b = intervals.bootstrap_interval(lambda i: x[i].mean(), 20)
     assert a == b and a.lo < 9.5 < a.hi and a.hi - a.lo < 10
+
+
+def test_bootstrap_strata_keep_each_group():
+    x = np.array([0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    group = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    seen = []
+
+    def stat(i):
+        seen.append(int(group[i].sum()))
+        return x[i][group[i] == 0].mean() - x[i][group[i] == 1].mean()
+
+    iv = intervals.bootstrap_interval(stat, 8, strata=group)
+    assert set(seen) == {2}                     # every resample holds exactly the two group-1 units
+    assert iv.ok and iv.lo < 3.5 < iv.hi
+    with pytest.raises(ValueError, match="labels"):
+        intervals.bootstrap_interval(stat, 8, strata=group[:3])
 
 
 def test_decide_and_combine():
@@ -113,8 +130,9 @@ def _rft_run(res, init, variant, seed, before, after, std, reward_before="mean",
 
 
 def _rft_design(res, seeds=(0, 1, 2), small_gain=0.0, rest_gain=0.1, sft_gain=0.2, sft_rft_gain=0.25,
-                heuristic_gain=None, cheap=0.9, pool=10, noise=0.01, diverge=False):
-    """20 inputs, the first 5 small-std. Per seed: pretrained/default, full SFT and a 1 % x 40 % cell."""
+                heuristic_gain=None, cheap=0.9, pool=10, noise=0.01, diverge=False, stats_std=lambda s: s):
+    """20 inputs, the first 5 small-std. Per seed: pretrained/default, full SFT and a 1 % x 40 % cell.
+    ``stats_std(std)``: the std the reward statistics report (None: no reward_stats.csv)."""
     rng = np.random.default_rng(1)
     n, small = 20, np.arange(20) < 5
     std = np.where(small, 0.01, 0.2)
@@ -134,9 +152,13 @@ def _rft_design(res, seeds=(0, 1, 2), small_gain=0.0, rest_gain=0.1, sft_gain=0.
             _rft_run(res, "pretrained", "lr_x2", s, base, h_after, std, reward_before=None)
         if diverge:     # heuristic arms skip the 'before' evaluation, as in the DAG (--no-eval-before)
             _rft_run(res, "pretrained", "lr_x100", s, base, base - 0.15, std, reward_before=None)
-    sft = res / "rft" / "sft" / "t" / "sft_d0.01_s0.4"
-    sft.mkdir(parents=True, exist_ok=True)
-    (sft / "summary.json").write_text(json.dumps({"n_inputs_used": pool}))
+    for s in seeds:
+        sft = res / "rft" / "sft" / "t" / "sft_d0.01_s0.4" / f"seed~{s}"
+        sft.mkdir(parents=True, exist_ok=True)
+        (sft / "summary.json").write_text(json.dumps({"n_inputs_used": pool}))
+    if stats_std is not None:   # the reward statistics: Finding II's std axis
+        pd.DataFrame({"task": "t", "model": "m", "input_id": [f"x{i}" for i in range(n)], "mean": base,
+                      "std": stats_std(std)}).to_csv(res / "rft" / "reward_stats.csv", index=False)
 
 
 def _persona(res, decreases, p_start=0.9, loss_falls=True):
@@ -264,7 +286,36 @@ def test_finding2(tmp_path, kwargs, expected):
 
 def test_finding2_not_testable_without_small_std_inputs(tmp_path):
     _rft_design(tmp_path)
-    assert p1.finding2(tmp_path, threshold=0.001)[1] == NOT_TESTABLE
+    ours, verdict, why = p1.finding2(tmp_path, threshold=0.001)
+    # no input under the threshold: that part is not testable, so the claim is undecided although the
+    # bottom decile and the Spearman show
+    assert "std < 0.001 (0 inputs" in ours and "not testable: std < 0.001" in why
+    assert "shows: bottom decile of std, Spearman(std, gain)" in why
+    assert verdict == INCONCLUSIVE
+
+
+def test_finding2_not_testable_when_rft_gains_nothing(tmp_path):
+    _rft_design(tmp_path, small_gain=0.0, rest_gain=0.0)
+    ours, verdict, why = p1.finding2(tmp_path, threshold=0.05)
+    assert verdict == NOT_TESTABLE and "no gain to contrast" in why
+
+
+def test_finding2_std_axis_is_the_reward_statistics_not_the_evaluation(tmp_path):
+    # the evaluation's own std says inputs 0-4 are small-std (and they gain nothing); the independent
+    # statistics say the opposite ordering: the rule must follow the statistics
+    _rft_design(tmp_path, stats_std=lambda s: 0.21 - s)
+    ours, verdict, why = p1.finding2(tmp_path, threshold=0.05)
+    assert verdict == NO, (ours, why)
+    _rft_design(tmp_path / "no_stats", stats_std=None)   # without statistics: the evaluation's std
+    assert p1.finding2(tmp_path / "no_stats", threshold=0.05)[1] == YES
+
+
+def test_finding2_every_evaluated_input_needs_statistics(tmp_path):
+    _rft_design(tmp_path)
+    stats = pd.read_csv(tmp_path / "rft" / "reward_stats.csv")
+    stats.iloc[1:].to_csv(tmp_path / "rft" / "reward_stats.csv", index=False)
+    with pytest.raises(UserError, match="no reward statistics"):
+        p1.finding2(tmp_path, threshold=0.05)
 
 
 @pytest.mark.parametrize("kwargs, expected", [

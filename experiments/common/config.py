@@ -210,4 +210,10 @@ def cross_field_problems(config: dict) -> list[str]:
         if s is not None and 0 < s["max_pool"] < s["batch_size"]:
             out.append(f"rft.tasks.{task}.sft.batch_size {s['batch_size']} is larger than max_pool {s['max_pool']}: "
                        "one step per epoch; lower batch_size or raise max_pool (0 = all)")
+    ft, n_stats = rft["finetune"], rft["stats"]["n_inputs"]
+    evaluated = ft["eval"]["inputs"] or ft["train_inputs"]  # the first N of the pool (0: all of it)
+    if ft["tasks"] and n_stats and not 0 < evaluated <= n_stats:
+        out.append(f"rft.finetune.eval.inputs {evaluated or 'all'} exceeds rft.stats.n_inputs {n_stats}: Finding II "
+                   "reads each evaluated input's std from the reward statistics (the same first inputs of the "
+                   f"official permutation); evaluate at most {n_stats} inputs or raise stats.n_inputs")
     return out

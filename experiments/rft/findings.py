@@ -6,7 +6,9 @@ is ``default`` or one §5.1 knob (``lr_x10``, ``temp_2``, ``ent_0.1``). Rewards 
 (mean over the samples of each evaluated train input, then over inputs):
 
 * **Finding II** (per input): the RFT gain ``after − before`` of ``pretrained/default`` against the
-  input's initial reward std (under the pretrained model); the SFT gain ``SFT − pretrained`` of the same
+  input's reward std under the pretrained model, taken from the independent reward statistics
+  (``--stats``: 10 samples, seed 7), never from the run's own "before" samples, which the gain shares;
+  the SFT gain ``SFT − pretrained`` of the same
   input (the full SFT model's "before" rewards) for contrast. Binned means with 95 % t-intervals over the
   bin's inputs (none for a bin of one input) + scatter.
 * **Finding III** (per task): share of inputs with initial std below the threshold, and the mean RFT,
@@ -23,13 +25,15 @@ is ``default`` or one §5.1 knob (``lr_x10``, ``temp_2``, ``ent_0.1``). Rewards 
 An empty cell (no interval from one seed, no small-std input, no SFT run) is empty in the CSV, so
 numeric columns stay numeric, and "—" in the Markdown.
 
-    python -m experiments.rft.findings --runs RUN_DIR... --scale tiny --threshold 0.05 \
+    python -m experiments.rft.findings --runs RUN_DIR... --stats results/tiny/rft/reward_stats.csv \
+        --scale tiny --threshold 0.05 \
         --out-csv results/tiny/rft/finetune_runs.csv --out-dir figures/tiny
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -93,14 +97,30 @@ def mean_ci(x) -> tuple[float, float]:
     return float(x.mean()), float(sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
 
 
+def attach_stats_std(per: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+    """``per`` with ``std0``: each input's reward std under the pretrained model from the reward
+    statistics (columns task, input_id, std). An evaluated input missing from the statistics is an
+    error: the RFT pool is the first N inputs of the statistics' permutation."""
+    s = stats[["task", "input_id", "std"]].drop_duplicates(["task", "input_id"]).rename(columns={"std": "std0"})
+    out = per.drop(columns=["std0"], errors="ignore").merge(s, on=["task", "input_id"], how="left")
+    missing = out.loc[out["std0"].isna(), ["task", "input_id"]].drop_duplicates()
+    if len(missing):
+        raise UserError(f"{len(missing)} evaluated input(s) have no reward statistics, e.g. "
+                        f"{missing.iloc[0]['task']}/{missing.iloc[0]['input_id']}: the RFT pool must be a prefix of "
+                        "the reward-statistics inputs (rft.finetune.train_inputs <= rft.stats.n_inputs)")
+    return out
+
+
 def per_input_gains(per: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per input (mean over seeds): initial std and mean under the pretrained model, RFT gain, SFT gain,
-    SFT→RFT gain."""
+    """Per input (mean over seeds): reward std (``std0``, from the statistics when
+    :func:`attach_stats_std` added it, else the run's own "before" samples) and mean under the
+    pretrained model, RFT gain, SFT gain, SFT→RFT gain."""
     p = per[(per.task == task)]
     base = p[(p.init == "pretrained") & (p.variant == "default")]
     if base.empty or base["mean_before"].isna().all():
         raise UserError(f"{task}: the pretrained/default run (with its 'before' evaluation) is missing")
-    g = base.groupby("input_id").agg(std0=("std_before", "mean"), mean0=("mean_before", "mean"),
+    std_col = "std0" if "std0" in base else "std_before"
+    g = base.groupby("input_id").agg(std0=(std_col, "mean"), mean0=("mean_before", "mean"),
                                      rft=("mean_after", "mean"))
     sft = p[(p.init == FULL_SFT) & (p.variant == "default")].groupby("input_id").agg(
         sft=("mean_before", "mean"), sft_rft=("mean_after", "mean"))
@@ -111,6 +131,34 @@ def per_input_gains(per: pd.DataFrame, task: str) -> pd.DataFrame:
     return g.reset_index()
 
 
+def small_std_sets(std, threshold: float) -> dict[str, np.ndarray]:
+    """The small-std inputs in the paper's two readings, as boolean masks: ``std < threshold`` (the
+    fixed threshold), and the bottom decile of std (the ⌈n/10⌉ smallest; ties by input order)."""
+    std = np.asarray(std, dtype=float)
+    decile = np.zeros(len(std), dtype=bool)
+    decile[np.argsort(std, kind="stable")[:max(1, math.ceil(len(std) / 10))]] = True
+    return {f"std < {threshold:g}": std < threshold, "bottom decile of std": decile}
+
+
+def gain_contrast(gain, small):
+    """Mean gain of the other inputs − mean gain of the ``small`` ones, with a percentile bootstrap
+    over inputs stratified by group (each resample keeps both group sizes). A group of fewer than 2
+    inputs gives no interval."""
+    from experiments.summary.intervals import bootstrap_interval
+
+    gain, small = np.asarray(gain, dtype=float), np.asarray(small, dtype=bool)
+
+    def stat(i):
+        a, b = gain[i][~small[i]], gain[i][small[i]]
+        return float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")
+
+    k = int(small.sum())
+    why = "" if min(k, len(gain) - k) >= 2 else f"{k} small-std / {len(gain) - k} other inputs: a group under 2"
+    if not why and np.ptp(gain[np.isfinite(gain)]) == 0:
+        why = f"all {len(gain)} gains equal ({gain[0]:+.3g}), no interval"
+    return bootstrap_interval(stat, len(gain), degenerate=why, strata=small)
+
+
 def findings_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, scale: str) -> pd.DataFrame:
     rows = []
     n_seeds = runs.groupby("task")["seed"].nunique()
@@ -119,11 +167,15 @@ def findings_table(runs: pd.DataFrame, per: pd.DataFrame, threshold: float, scal
         rho_rft = sps.spearmanr(g["std0"], g["rft_gain"]).statistic if len(g) > 2 else float("nan")
         rho_sft = sps.spearmanr(g["std0"], g["sft_gain"]).statistic if g["sft_gain"].notna().sum() > 2 else float("nan")
         small = g["std0"] < threshold
+        dec = small_std_sets(g["std0"], threshold)["bottom decile of std"]
+        contrast = gain_contrast(g["rft_gain"], small)
         rows.append({
             "task": task, "inputs": len(g), f"share std < {threshold:g}": round(float(small.mean()), 3),
             "reward pretrained": round(float(g["mean0"].mean()), 4),
             "RFT gain": round(float(g["rft_gain"].mean()), 4),
             "RFT gain, small-std inputs": round(float(g.loc[small, "rft_gain"].mean()), 4) if small.any() else None,
+            "RFT gain, bottom std decile": round(float(g.loc[dec, "rft_gain"].mean()), 4),
+            "rest − small-std gain [95% bootstrap]": contrast.fmt(3),
             "SFT gain": round(float(g["sft_gain"].mean()), 4),
             "SFT→RFT gain": round(float(g["sft_rft_gain"].mean()), 4),
             "Spearman(std, RFT gain)": round(float(rho_rft), 3),
@@ -240,7 +292,8 @@ def finding2_figure(runs, per, threshold, prefix, bins: int = 4):
                 ax.errorbar(c[has], m[has], yerr=ci[has], fmt="none", ecolor=colour, capsize=3)
         ax.axvline(threshold, color="grey", ls=":", lw=1)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set(title=task, xlabel="initial reward std (pretrained model)", ylabel="reward gain on the input")
+        ax.set(title=task, xlabel="reward std under the pretrained model (reward statistics)",
+               ylabel="reward gain on the input (mean over seeds)")
         ax.legend(fontsize=7)
     fig.suptitle("P1 Finding II (the paper: RFT gains little where the initial reward std is small, "
                  "SFT does not depend on it)",
@@ -332,12 +385,14 @@ def diagnostics_figure(diag: pd.DataFrame, prefix):
 def main(argv=None):
     p = argparse.ArgumentParser(description="P1 Findings II/III, §5.1 heuristics, §5.2 cheap SFT: tables and figures")
     p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--stats", required=True, help="reward statistics (reward_stats.csv): the std axis")
     p.add_argument("--scale", required=True)
     p.add_argument("--threshold", type=float, required=True, help="small initial reward std")
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     runs, per, diag = collect(args.runs)
+    per = attach_stats_std(per, pd.read_csv(args.stats))
     out = Path(args.out_dir)
     write_csv(runs, args.out_csv)
     findings = findings_table(runs, per, args.threshold, args.scale)

@@ -10,9 +10,41 @@ checked against a hand computation or a known optimum (tests/test_rft_ppo.py):
 * :class:`AdaptiveKLController` — RL4LMs' rule ``coef ← coef · (1 + 0.1 · clip((KL − target)/target, ±0.2))``
   applied once per iteration with the rollout's mean episode KL (``target_kl = None``: fixed coefficient);
 * :func:`ppo_loss` — clipped surrogate, (optionally clipped) value loss, entropy bonus;
+* :func:`normalize_advantages` — stable-baselines3's per-minibatch advantage normalisation, masked;
 * :func:`ppo_update` — epochs × shuffled minibatches over a rollout, for any policy given as a function
   from minibatch indices to ``(ln π(a_t|s_t), entropy_t, V(s_t))``: the LM actor-critic of
   :mod:`experiments.rft.policy` and the tabular policies of the tests use the same update.
+
+Conventions. RL4LMs' PPO (``rl4lms/algorithms/ppo/ppo.py``) is stable-baselines3's ``PPO.train``; what
+this module does the same way, with every mean taken over the valid tokens (``mask``) of a minibatch:
+
+* the loss is ``policy_loss + ent_coef · entropy_loss + vf_coef · value_loss`` with
+  ``policy_loss = −mean(min(ρA, clip(ρ, 1 ± clip_range)·A))``, ``entropy_loss = −mean(H)`` and
+  ``value_loss = mean((R − V)²)`` — SB3's ``F.mse_loss(returns, values_pred)``, the full mean squared
+  error, not ½·MSE. With ``clip_range_vf`` the prediction is clipped around the rollout's value,
+  ``V_pred = V_old + clip(V − V_old, ±clip_range_vf)``, and the loss is ``mean((R − V_pred)²)`` (SB3's
+  form; not OpenAI baselines' ``max`` of the clipped and unclipped losses);
+* advantages are normalised per minibatch, inside the minibatch loop, ``(A − mean A) / (std A + 1e-8)``
+  with the unbiased std (torch's default) and the eps on the std, and not at all when the minibatch has
+  ≤ 1 element (SB3's guard, GH #325; RL4LMs' older copy asserts ``batch_size > 1`` instead) — here the
+  elements are the minibatch's valid tokens;
+* the gradient norm is clipped to ``max_grad_norm`` over all trained parameters, one optimizer step per
+  minibatch, ``n_epochs`` passes with a fresh shuffle each;
+* ``clip_fraction`` is ``mean(|ρ − 1| > clip_range)``.
+
+Deviations, and why:
+
+* a minibatch is a set of whole episodes (``batch_size`` counts episodes), where RL4LMs' rollout buffer
+  shuffles single token transitions across episodes. The frozen-prefix cache of top-k training and the
+  episode-wise forward pass (one sequence per row; a token's log-probability needs the forward pass of
+  its whole prefix anyway) need whole episodes. workflow/config/paper.yaml maps RL4LMs' transition counts
+  to episode counts (a minibatch of 64 transitions ≈ round(64 / episode length) episodes);
+* the normalisation statistics are computed in float64 (the formula is SB3's). In float32 a minibatch of
+  equal advantages (P1's case: equal rewards, γ = λ = 1, V ≡ 0) can have a mean off by one ulp, and as the
+  eps sits on the std, not under a square root, ``ulp / (≈ulp + 1e-8)`` maps those advantages to ±0.8
+  instead of 0; in float64 their mean is exact and they map to exactly 0;
+* ``approx_kl`` (a diagnostic; no early stopping here) is ``mean(ln π_old − ln π)``, not SB3's
+  ``mean((ρ − 1) − ln ρ)``.
 
 Shapes: ``[B, T]`` tensors hold one episode per row, steps left-aligned, ``mask`` 1 on real steps.
 All log-probabilities are natural-log, per token.
@@ -51,11 +83,19 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x − mean) / std over the masked entries (population std); masked-out entries become 0."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) / torch.sqrt(var + eps) * mask.to(x.dtype)
+def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """stable-baselines3's minibatch normalisation ``(A − mean A) / (std A + eps)`` over the valid
+    tokens of ``adv`` (mean and unbiased std over ``mask``; masked-out entries become 0). Returned
+    unchanged (masked) when there are ≤ 1 valid tokens, as SB3 skips a minibatch of one element. The
+    statistics are computed in float64, so equal advantages map to exactly 0 (see the module docstring)."""
+    m = mask.to(torch.float64)
+    n = m.sum()
+    if n <= 1:
+        return adv * mask.to(adv.dtype)
+    a = adv.to(torch.float64)
+    mean = (a * m).sum() / n
+    std = torch.sqrt((((a - mean) * m) ** 2).sum() / (n - 1))
+    return ((a - mean) / (std + eps) * m).to(adv.dtype)
 
 
 def shaped_rewards(task_reward: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,
@@ -117,20 +157,21 @@ class AdaptiveKLController:
 def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
              old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
              cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
-    """Clipped-surrogate PPO loss over the valid tokens of a minibatch (token-level means).
+    """Clipped-surrogate PPO loss over the valid tokens of a minibatch (token-level means), as SB3.
 
-    ``policy = −min(ρA, clip(ρ, 1±ε)A)``, ``value = ½ (V − R)²`` (with V clipped around the old value
-    when ``clip_range_vf`` is set, taking the larger loss), ``loss = policy + vf_coef·value − ent_coef·H``.
+    ``policy = −mean(min(ρA, clip(ρ, 1±ε)A))``, ``value = mean((R − V_pred)²)`` (the full MSE) with
+    ``V_pred = V`` or, when ``clip_range_vf`` is set, ``V_old + clip(V − V_old, ±clip_range_vf)``;
+    ``loss = policy + vf_coef·value − ent_coef·mean(H)``. ``advantages`` are used as given (normalising
+    them is :func:`ppo_update`'s job).
     """
     ratio = torch.exp(logp - old_logp)
     surr = torch.minimum(ratio * advantages,
                          torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range) * advantages)
     policy_loss = -masked_mean(surr, mask)
-    v_loss = (values - returns) ** 2
+    values_pred = values
     if cfg.clip_range_vf is not None:
-        v_clip = old_values + torch.clamp(values - old_values, -cfg.clip_range_vf, cfg.clip_range_vf)
-        v_loss = torch.maximum(v_loss, (v_clip - returns) ** 2)
-    value_loss = 0.5 * masked_mean(v_loss, mask)
+        values_pred = old_values + torch.clamp(values - old_values, -cfg.clip_range_vf, cfg.clip_range_vf)
+    value_loss = masked_mean((returns - values_pred) ** 2, mask)
     ent = masked_mean(entropy, mask)
     loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * ent
     with torch.no_grad():
@@ -149,14 +190,12 @@ def ppo_update(policy_fn: PolicyFn, parameters: list[torch.nn.Parameter], optimi
 
     ``rollout`` holds ``old_logp``, ``old_values``, ``advantages``, ``returns``, ``mask`` (all ``[N, T]``);
     ``policy_fn(idx)`` returns ``(logp, entropy, values)`` ``[len(idx), T]`` for those episodes under the
-    current parameters. Advantages are whitened over the whole rollout when
-    ``cfg.normalize_advantage``. Returns the mean of each loss statistic and the mean pre-clip gradient
-    norm over all minibatches.
+    current parameters. A minibatch is ``cfg.batch_size`` whole episodes; when ``cfg.normalize_advantage``
+    its advantages are normalised over its own valid tokens (:func:`normalize_advantages`, SB3's
+    per-minibatch rule), afresh in every epoch. Returns the mean of each loss statistic and the mean
+    pre-clip gradient norm over all minibatches.
     """
     mask = rollout["mask"]
-    adv = rollout["advantages"]
-    if cfg.normalize_advantage:
-        adv = masked_whiten(adv, mask)
     n = mask.shape[0]
     totals: dict[str, float] = {}
     count = 0
@@ -164,9 +203,12 @@ def ppo_update(policy_fn: PolicyFn, parameters: list[torch.nn.Parameter], optimi
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
+            adv = rollout["advantages"][idx]
+            if cfg.normalize_advantage:
+                adv = normalize_advantages(adv, mask[idx])
             logp, entropy, values = policy_fn(idx)
             dev = logp.device
-            loss, stats = ppo_loss(logp, rollout["old_logp"][idx].to(dev), adv[idx].to(dev), values,
+            loss, stats = ppo_loss(logp, rollout["old_logp"][idx].to(dev), adv.to(dev), values,
                                    rollout["old_values"][idx].to(dev), rollout["returns"][idx].to(dev),
                                    mask[idx].to(dev), entropy, cfg)
             if not torch.isfinite(loss):

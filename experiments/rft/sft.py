@@ -1,10 +1,12 @@
 """Supervised finetuning (SFT) on a GRUE task of P1: alone, as the init of SFT→RFT, and "cheap SFT".
 
 The labelled pool is the ``--split`` records of a normalised task file (:mod:`experiments.rft.tasks`),
-optionally capped to its first ``--max-pool`` records in file order. "Cheap SFT" (P1 §4.1) trains on a
+optionally capped to the first ``--max-pool`` of the official permutation (``--data-seed``, 7): the
+RFT pool is the first N of the same permutation, so a pool of at least N holds every input RFT trains
+and evaluates on, as the paper's SFT on the whole train set does. "Cheap SFT" (P1 §4.1) trains on a
 fraction of the labelled inputs for a fraction of the steps:
 
-* data: the official rule, the first ``int(n * data_frac)`` of ``np.random.RandomState(seed)
+* data: the official rule, the first ``int(n * data_frac)`` of ``np.random.RandomState(data_seed)
   .permutation(n)`` (:func:`subsample_indices`; seed 7 = ``train_samples_rnd_seed``); a smaller
   fraction's inputs are a prefix of a larger one's;
 * steps: ``ceil(steps_frac * full)`` with ``full = ceil(epochs * ceil(n_examples_pool / batch))``
@@ -320,10 +322,12 @@ def run(args) -> dict:
         raise UserError(f"{data}: not a task JSONL ({e})") from None
     if not records:
         raise UserError(f"{data}: no records in split {args.split!r}")
-    pool = records[:args.max_pool] if args.max_pool else records
+    from experiments.rft.stats import select_inputs
+
+    pool = select_inputs(records, args.max_pool, args.data_seed) if args.max_pool else records
     try:
         examples_pool = sft_examples(pool, args.references)
-        chosen = [pool[i] for i in subsample_indices(len(pool), args.data_frac, args.seed)]
+        chosen = [pool[i] for i in subsample_indices(len(pool), args.data_frac, args.data_seed)]
         max_steps = sft_max_steps(len(examples_pool), args.batch_size, args.epochs, args.steps_frac)
     except ValueError as e:
         raise UserError(f"{data} ({len(pool)} {args.split} records): {e}") from None
@@ -401,7 +405,7 @@ def run(args) -> dict:
         "max_prompt_tokens": args.max_prompt_tokens, "max_target_tokens": args.max_target_tokens, **cuts,
         "lr": args.lr, "lr_scheduler": args.lr_scheduler, "warmup_steps": args.warmup_steps,
         "weight_decay": args.weight_decay, "max_grad_norm": float(trainer.args.max_grad_norm),
-        "optimizer": "adamw_torch", "seed": args.seed, "max_pool": args.max_pool,
+        "optimizer": "adamw_torch", "seed": args.seed, "data_seed": args.data_seed, "max_pool": args.max_pool,
         "architecture": "encoder-decoder" if encoder_decoder else "decoder-only",
         "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], "train_seconds": round(train_s, 3),
         "seconds_per_step": round(train_s / max(steps, 1), 4), "resumed_from": resume, "precision": precision,
@@ -437,9 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-scheduler", default="constant", choices=SCHEDULERS)
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=7, help="input subsample and trainer (official: 7)")
+    p.add_argument("--seed", type=int, default=7, help="trainer: init of nothing, batch order (official: 7)")
+    p.add_argument("--data-seed", type=int, default=7,
+                   help="the pool's permutation and the data_frac subsample (official: 7)")
     p.add_argument("--max-pool", type=int, default=0,
-                   help="cap the labelled pool to its first N records in file order (0 = all)")
+                   help="cap the labelled pool to the first N of the official permutation (0 = all)")
     p.add_argument("--train-top-layers", type=int, default=0,
                    help="decoder-only: train only the top N blocks (0 = all; the tiny scale's CPU budget)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),

@@ -1,10 +1,13 @@
 """Reinforcement finetuning on a GRUE task (P1 §4.1, §5): PPO (ours, :mod:`experiments.rft.ppo`), or
 GRPO / RLOO through TRL (:mod:`experiments.rft.trl_rft`), from a pretrained or an SFT checkpoint.
 
-One iteration: draw ``--inputs-per-iter`` train inputs, sample ``--samples-per-input`` responses each
+One iteration: take the next ``--inputs-per-iter`` train inputs of shuffled passes over the pool
+(without replacement, :func:`pool_draws`; GRPO/RLOO use TRL's sampler), sample ``--samples-per-input`` responses each
 with the task's sampling kwargs, score them with the task reward, and update. PPO pays the reward at the
 last token, a per-token KL penalty to the initial model (adaptive coefficient), and runs
-``--n-epochs`` passes of minibatches over the rollout with a value head on the shared body. PPO's
+``--n-epochs`` passes of minibatches over the rollout with a value head on the policy's body
+(``--critic shared``) or on a copy of the LM (``separate``, as RL4LMs); see :mod:`experiments.rft.ppo`
+for the conventions kept from Stable-Baselines3 and the ones that deviate. PPO's
 log-probabilities are those of the untempered policy (as RL4LMs: temperature and top-k shape only the
 sampling).
 
@@ -40,6 +43,22 @@ log = logging.getLogger("rft.train")
 ALGORITHMS = ("ppo", "grpo", "rloo")
 DIAGNOSTICS = ["iteration", "mean_reward", "mean_std", "frac_small_std", "grad_norm", "kl", "kl_coef",
                "entropy", "policy_loss", "value_loss", "clip_fraction", "seconds"]
+
+
+def pool_draws(n_pool: int, per_iter: int, iterations: int, seed: int) -> list[list[int]]:
+    """The pool indices each iteration trains on: the pool is walked in shuffled passes without
+    replacement (RL4LMs iterates its shuffled train set; a fresh permutation each pass), ``per_iter``
+    consecutive indices per iteration, a pass continuing into the next permutation where it ends. Every
+    input is visited ``iterations·per_iter / n_pool`` times, ±1. Drawn up front from ``seed`` alone, so a
+    resumed run trains on the same inputs."""
+    if n_pool < 1 or per_iter < 1 or iterations < 0:
+        raise ValueError("pool_draws needs n_pool >= 1, per_iter >= 1, iterations >= 0")
+    gen = torch.Generator().manual_seed(seed)
+    stream: list[int] = []
+    need = per_iter * iterations
+    while len(stream) < need:
+        stream += torch.randperm(n_pool, generator=gen).tolist()
+    return [stream[i * per_iter:(i + 1) * per_iter] for i in range(iterations)]
 
 
 def group_stats(rewards: np.ndarray, threshold: float) -> tuple[float, float, float]:
@@ -122,7 +141,7 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
     ref_lm = copy.deepcopy(lm).eval()
     for p in ref_lm.parameters():
         p.requires_grad_(False)
-    ac = ActorCritic(lm).to(device)
+    ac = ActorCritic(lm, critic=args.critic).to(device)
     try:
         ac.freeze_lower(args.train_top_layers)
     except ValueError as e:
@@ -141,9 +160,10 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
         gen.set_state(state["gen"])
         rows, start = list(state["rows"]), state["iteration"]
         log.info("PPO: resuming at iteration %d of %d", start + 1, args.iterations)
+    draws = pool_draws(len(pool), args.inputs_per_iter, args.iterations, args.seed)
     for it in range(start, args.iterations):
         t0 = time.time()
-        pick = torch.randint(len(pool), (args.inputs_per_iter,), generator=gen).tolist()
+        pick = draws[it]
         ro = rollout(ac, ref_lm, tokenizer, [pool[i] for i in pick], reward, samples=args.samples_per_input,
                      gen_kwargs=gen_kwargs, prompt_format=args.prompt_format,
                      max_prompt_tokens=args.max_prompt_tokens, kl_coef=kl_ctl.value, cfg=cfg,
@@ -314,12 +334,13 @@ def run(args) -> dict:
         "samples_per_input": args.samples_per_input, "lr": args.lr, "kl_coef": args.kl_coef,
         "target_kl": args.target_kl, "ent_coef": args.ent_coef, "gen_kwargs": gen_kwargs,
         "train_inputs": len(pool), "eval_inputs": len(eval_records), "eval_samples": args.eval_samples,
+        **(_visits(pool, eval_records, args) if args.algorithm == "ppo" else {}),
         "reward_before": float(np.mean([m for m, _ in before.values()])) if before else None,
         "reward_after": float(np.mean([m for m, _ in after.values()])),
         "train_reward_first": rows[0]["mean_reward"], "train_reward_last": rows[-1]["mean_reward"],
         "train_seconds": round(train_s, 1),
         "eval_tokens_per_s": round(res_after["tokens"] / max(res_after["generate_s"], 1e-9), 1),
-        "precision": precision, "train_top_layers": args.train_top_layers,
+        "precision": precision, "train_top_layers": args.train_top_layers, "critic": args.critic,
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads),
     }
     write_json(out / "summary.json", summary)
@@ -328,6 +349,19 @@ def run(args) -> dict:
              f"{summary['reward_before']:.4f}" if before else "n/a", summary["reward_after"], len(eval_records),
              train_s)
     return summary
+
+
+def _visits(pool, eval_records, args) -> dict:
+    """How often PPO trained on each input: over the pool and over the evaluated inputs (Finding II
+    needs every evaluated input trained on, several times)."""
+    counts = np.bincount(np.concatenate([np.asarray(d, dtype=int) for d in
+                                         pool_draws(len(pool), args.inputs_per_iter, args.iterations, args.seed)]),
+                         minlength=len(pool))
+    ids = {r["id"]: i for i, r in enumerate(pool)}
+    ev = np.asarray([counts[ids[r["id"]]] for r in eval_records])
+    return {"visits_pool_min": int(counts.min()), "visits_pool_max": int(counts.max()),
+            "visits_eval_min": int(ev.min()), "visits_eval_max": int(ev.max()),
+            "eval_inputs_trained": int((ev > 0).sum())}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--kl-coef", type=float, default=0.001, help="initial KL coefficient (GRPO/RLOO: beta)")
     a("--target-kl", type=float, default=None, help="adaptive KL target (omit: fixed coefficient)")
     a("--train-top-layers", type=int, default=0, help="PPO: train only the top N blocks (0 = all)")
+    a("--critic", default="shared", choices=("shared", "separate"),
+      help="PPO: value head on the policy's body (shared) or on a copy of the LM (separate, as RL4LMs)")
     a("--small-std-threshold", type=float, default=0.05)
     a("--eval-inputs", type=int, default=64, help="evaluate on the first N pool inputs (0 = all)")
     a("--eval-samples", type=int, default=4)

@@ -98,17 +98,31 @@ def t_interval(values: Sequence[float], unit: str = "seed") -> Interval:
 
 
 def bootstrap_interval(stat: Callable[[np.ndarray], float], n_units: int, unit: str = "input",
-                       resamples: int = 2000, seed: int = 0, degenerate: str = "") -> Interval:
+                       resamples: int = 2000, seed: int = 0, degenerate: str = "",
+                       strata: Sequence | None = None) -> Interval:
     """Percentile bootstrap of ``stat(idx)``, where ``idx`` are ``n_units`` unit indices drawn with
-    replacement (``stat(np.arange(n_units))`` is the point estimate). Resamples whose statistic is NaN
-    (e.g. a constant resample for a correlation) are dropped; if more than 5 % are, no interval."""
+    replacement (``stat(np.arange(n_units))`` is the point estimate). ``strata`` (one label per unit):
+    draw within each label, keeping each group's size (a two-group contrast never loses a group).
+    Resamples whose statistic is NaN (e.g. a constant resample for a correlation) are dropped; if more
+    than 5 % are, no interval."""
     if degenerate or n_units < 2:
         why = degenerate or f"{n_units} {unit}{'s' if n_units != 1 else ''}, no interval"
         point = stat(np.arange(n_units)) if n_units else float("nan")
         return Interval(float(point), None, None, n_units, f"bootstrap over {unit}s", why)
     point = float(stat(np.arange(n_units)))
     rng = np.random.default_rng(seed)
-    draws = np.array([stat(rng.integers(0, n_units, n_units)) for _ in range(resamples)], dtype=float)
+    if strata is None:
+        groups = [np.arange(n_units)]
+    else:
+        labels = np.asarray(strata)
+        if len(labels) != n_units:
+            raise ValueError(f"strata has {len(labels)} labels for {n_units} units")
+        groups = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+
+    def draw():
+        return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+
+    draws = np.array([stat(draw()) for _ in range(resamples)], dtype=float)
     finite = draws[np.isfinite(draws)]
     if not math.isfinite(point) or len(finite) < 0.95 * resamples:
         return Interval(point, None, None, n_units, f"bootstrap over {unit}s",

@@ -194,23 +194,30 @@ def _spearman(x, y) -> float:
 
 
 def _rft(res: Path):
-    from experiments.rft.findings import collect
+    """(runs, per_input, diagnostics) of every RFT run, with ``std0``: each evaluated input's reward std
+    under the pretrained model from the reward statistics (the independent 10-sample pass), when
+    ``reward_stats.csv`` exists; else ``std0`` is the run's own "before" std."""
+    from experiments.rft.findings import attach_stats_std, collect
 
     dirs = sorted(str(p) for p in (res / "rft" / "runs").glob("*/*/*/seed~*") if (p / "summary.json").exists())
     if not dirs:
         raise FileNotFoundError(str(res / "rft" / "runs"))
-    return collect(dirs)
+    runs, per, diag = collect(dirs)
+    stats = res / "rft" / "reward_stats.csv"
+    per = attach_stats_std(per, pd.read_csv(stats)) if stats.exists() else per.assign(std0=per["std_before"])
+    return runs, per, diag
 
 
 def _seed_gains(per: pd.DataFrame, task: str, threshold: float) -> pd.DataFrame:
     """Per seed: mean gains over the evaluated inputs (all, small-std, rest) of RFT, SFT and SFT→RFT
-    against the pretrained model's 'before' evaluation of the same seed."""
+    against the pretrained model's 'before' evaluation of the same seed (small-std: ``std0`` below the
+    threshold)."""
     from experiments.rft.findings import FULL_SFT
 
     p = per[per.task == task]
     base = p[(p.init == "pretrained") & (p.variant == "default")].set_index(["seed", "input_id"])
     sft = p[(p.init == FULL_SFT) & (p.variant == "default")].set_index(["seed", "input_id"])
-    small = base["std_before"] < threshold
+    small = base["std0"] < threshold
     rows = []
     for seed in sorted(base.index.get_level_values("seed").unique()):
         b = base.xs(seed, level="seed")
@@ -228,26 +235,50 @@ def _seed_gains(per: pd.DataFrame, task: str, threshold: float) -> pd.DataFrame:
 
 
 def finding2(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
-    """Finding II (P1 Table 1's contrast). Effect: RFT gain on the other inputs − RFT gain on the
-    small-std inputs (std < threshold under the pretrained model), per seed. Baseline 0: RFT gains as
-    much on small-std inputs as elsewhere. Interval: t over seeds. Decision: ``decide`` with needed 0
-    (``no`` only if small-std inputs gain more). No small-std input -> not testable."""
+    """Finding II (P1 Table 1's contrast), per task, on the evaluated inputs of ``pretrained/default``.
+    Per input: gain = reward after RFT − before (mean over seeds); std = its reward std under the
+    pretrained model from the independent reward statistics (10 samples, seed 7), never the evaluation
+    samples the gain shares. Parts, each oriented so that positive is the paper's direction:
+    (a) ``std < threshold``: mean gain of the other inputs − mean gain of those with std < threshold;
+    (b) ``bottom decile``: the same with the ⌈n/10⌉ inputs of smallest std; (c) ``Spearman(std, gain)``.
+    Baseline 0 (the gain does not depend on the std). Interval: percentile bootstrap over inputs
+    (stratified by group for a and b). Preconditions: ≥ 2 seeds (else inconclusive: one seed's
+    per-input gains carry the sampling noise of one evaluation); RFT raised the mean reward (t over
+    seeds of the mean gain over all evaluated inputs, lo > 0; else not testable: no gain to contrast);
+    each group ≥ 2 inputs. Decision per part with ``decide``; ``combine``; across tasks ``_all_or_parts``."""
+    from experiments.rft.findings import gain_contrast, per_input_gains, small_std_sets
+
     _, per, _ = _rft(res)
-    parts, texts = {}, []
+    verdicts, texts, whys = {}, [], []
     for task in sorted(per.task.unique()):
-        g = _seed_gains(per, task, threshold)
-        if g["n_small"].max() == 0 or (g["n_small"] == g["n"]).all():
-            parts[task] = (NOT_TESTABLE, f"{'no' if g['n_small'].max() == 0 else 'every'} evaluated input has "
-                                         f"std < {threshold:g}: nothing to contrast")
-            texts.append(f"{task}: {int(g['n_small'].mean())}/{int(g['n'].mean())} evaluated inputs with "
-                         f"std < {threshold:g}")
+        seeds = _seed_gains(per, task, threshold)
+        g = per_input_gains(per, task)
+        sets = small_std_sets(g["std0"], threshold)
+        all_gain = t_interval(seeds["rft"])
+        head = f"{task}: RFT gain {all_gain.fmt()} over {len(g)} inputs"
+        if len(seeds) < 2:
+            texts.append(head)
+            verdicts[task] = INCONCLUSIVE
+            whys.append(f"{task}: 1 seed, no interval")
             continue
-        iv = t_interval(g["rft_rest"] - g["rft_small"])
-        parts[task] = judge(iv)
-        texts.append(f"{task}: RFT gain rest − small-std {iv.fmt()} (RFT gain {g['rft'].mean():+.3f}, "
-                     f"small-std {g['rft_small'].mean():+.3f}, {int(g['n_small'].mean())}/{int(g['n'].mean())} "
-                     f"inputs small)")
-    return "; ".join(texts), _all_or_parts(parts), parts_why(parts)
+        if all_gain.ok and all_gain.lo <= 0:
+            texts.append(head)
+            verdicts[task] = NOT_TESTABLE
+            whys.append(f"{task}: RFT did not raise the mean reward ({all_gain.fmt()}): no gain to contrast")
+            continue
+        parts = {}
+        for name, mask in sets.items():
+            iv = gain_contrast(g["rft_gain"], mask)
+            parts[name] = judge(iv) if iv.ok else (NOT_TESTABLE, iv.why)
+            head += (f"; {name} ({int(mask.sum())} inputs, gain {g.loc[mask, 'rft_gain'].mean():+.3f}): "
+                     f"rest − small {iv.fmt()}")
+        rho = bootstrap_interval(lambda i: _spearman(g["std0"].to_numpy()[i], g["rft_gain"].to_numpy()[i]), len(g))
+        parts["Spearman(std, gain)"] = judge(rho)
+        head += f"; Spearman(std, gain) {rho.fmt(2)}"
+        texts.append(head)
+        verdicts[task] = combine(parts)
+        whys.append(f"{task}: {parts_why(parts)}")
+    return "; ".join(texts), _all_or_parts(verdicts), " | ".join(whys)
 
 
 def finding3(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
@@ -287,7 +318,7 @@ def heuristics(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
     for task in sorted(per.task.unique()):
         p = per[(per.task == task)]
         base = p[(p.init == "pretrained") & (p.variant == "default")]
-        small_ids = set(base.loc[base["std_before"] < threshold, "input_id"])
+        small_ids = set(base.loc[base["std0"] < threshold, "input_id"])
         if not small_ids:
             texts.append(f"{task}: no small-std input")
             verdicts.append(NOT_TESTABLE)
@@ -392,11 +423,11 @@ def cheap_sft(res: Path, threshold: float = 0.05, data_frac: float = 0.01, steps
 def _sft_pool(res: Path, task: str, init: str) -> int | None:
     import json
 
-    f = res / "rft" / "sft" / task / init / "summary.json"
-    if not f.exists():
-        return None
-    s = json.loads(f.read_text())
-    return s.get("n_inputs_used")
+    d = res / "rft" / "sft" / task / init   # one SFT run per seed (a run of one SFT model: summary.json)
+    sizes = [json.loads(f.read_text()).get("n_inputs_used")
+             for f in sorted(d.glob("seed~*/summary.json")) + sorted(d.glob("summary.json"))]
+    sizes = [n for n in sizes if n is not None]
+    return min(sizes) if sizes else None
 
 
 # ------------------------------------------------------------------------------------ helpers

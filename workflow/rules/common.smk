@@ -268,7 +268,7 @@ def rft_run_settings(wildcards) -> dict:
 def rft_init_model(wildcards):
     if wildcards.rft_init == "pretrained":
         return f"resources/models/{RFT['tasks'][wildcards.task]['model']}"
-    return f"results/{wildcards.scale}/rft/sft/{wildcards.task}/{wildcards.rft_init}/model"
+    return f"results/{wildcards.scale}/rft/sft/{wildcards.task}/{wildcards.rft_init}/seed~{wildcards.seed}/model"
 
 
 def rft_finetune_figures():

@@ -117,13 +117,13 @@ rule rft_sft:
         model=lambda w: f"resources/models/{RFT['tasks'][w.task]['model']}",
         data=lambda w: f"resources/data/grue/{rft_task(w)['loader']}.jsonl",
     output:
-        model=directory("results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/model"),
-        summary="results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/summary.json",
-        train_log="results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/train_log.csv",
+        model=directory("results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/seed~{seed}/model"),
+        summary="results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/seed~{seed}/summary.json",
+        train_log="results/{scale}/rft/sft/{task}/sft_d{dfrac}_s{sfrac}/seed~{seed}/train_log.csv",
     log:
-        "logs/{scale}/rft_sft/{task}/sft_d{dfrac}_s{sfrac}.log",
+        "logs/{scale}/rft_sft/{task}/sft_d{dfrac}_s{sfrac}/seed~{seed}.log",
     benchmark:
-        "benchmarks/{scale}/rft_sft/{task}/sft_d{dfrac}_s{sfrac}.tsv",
+        "benchmarks/{scale}/rft_sft/{task}/sft_d{dfrac}_s{sfrac}/seed~{seed}.tsv",
     params:
         t=rft_task,
         s=lambda w: rft_task(w)["sft"],
@@ -131,6 +131,7 @@ rule rft_sft:
         precision=FT["precision"],
         top=FT["sft_train_top_layers"],
         device=config["device"],
+        data_seed=RFT["stats"]["seed"],
     threads: 1
     resources:
         mem_mb=8000,
@@ -144,7 +145,8 @@ rule rft_sft:
         " --epochs {params.s[epochs]} --batch-size {params.s[batch_size]} --lr {params.s[lr]}"
         " --lr-scheduler {params.s[lr_scheduler]} --weight-decay {params.s[weight_decay]}"
         " --max-pool {params.s[max_pool]} --train-top-layers {params.top} --precision {params.precision}"
-        " --device {params.device} --checkpoint-dir checkpoints/{wildcards.scale}/rft_sft/{wildcards.task}/sft_d{wildcards.dfrac}_s{wildcards.sfrac}"
+        " --seed {wildcards.seed} --data-seed {params.data_seed}"
+        " --device {params.device} --checkpoint-dir checkpoints/{wildcards.scale}/rft_sft/{wildcards.task}/sft_d{wildcards.dfrac}_s{wildcards.sfrac}/seed~{wildcards.seed}"
         " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -192,6 +194,7 @@ rule rft_train:
         " --train-inputs {params.ft[train_inputs]} --data-seed {params.data_seed}"
         " --eval-inputs {params.ft[eval][inputs]} --eval-samples {params.ft[eval][samples]}"
         " --eval-batch-inputs {params.ft[eval][batch_inputs]} --train-top-layers {params.ft[train_top_layers]}"
+        " --critic {params.ft[critic]}"
         " --small-std-threshold {params.threshold} --seed {wildcards.seed} --precision {params.ft[precision]}"
         " --device {params.device} --threads {threads} --out-dir {params.out_dir} {params.ckpt} > {log} 2>&1"
 
@@ -199,6 +202,7 @@ rule rft_train:
 rule rft_finetune_figures:
     input:
         summaries=[f"{run}/summary.json" for run in rft_finetune_runs()],
+        stats="results/{scale}/rft/reward_stats.csv",  # the std axis: the independent 10-sample statistics
     output:
         runs="results/{scale}/rft/finetune_runs.csv",
         tables=[f for n in ("table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft")
@@ -219,5 +223,5 @@ rule rft_finetune_figures:
     conda:
         ENV
     shell:
-        "python -m experiments.rft.findings --runs {params.runs} --scale {wildcards.scale}"
+        "python -m experiments.rft.findings --runs {params.runs} --stats {input.stats} --scale {wildcards.scale}"
         " --threshold {params.threshold} --out-csv {output.runs} --out-dir figures/{wildcards.scale} > {log} 2>&1"
