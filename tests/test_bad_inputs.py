@@ -236,6 +236,15 @@ CROSS_FIELD = {
         lambda c: c["rft"]["tasks"]["commongen"]["sft"].update(max_pool=2),
         "rft.tasks.commongen.sft.batch_size 4 is larger than max_pool 2: one step per epoch; lower batch_size or "
         "raise max_pool (0 = all)"),
+    "a cheap-SFT cell outside the grid": (
+        lambda c: c["rft"]["finetune"]["cheap_sft"].update(cells=[[0.3, 0.5]]),
+        "rft.finetune.cheap_sft.cells: [0.3, 0.5] is not in the grid data_frac [0.1, 1.0] x steps_frac [0.5, 1.0]: "
+        "add the values there (the figure's axes)"),
+    "evaluated RFT inputs without reward statistics": (
+        lambda c: c["rft"]["finetune"]["eval"].update(inputs=16),
+        "rft.finetune.eval.inputs 16 exceeds rft.stats.n_inputs 8: Finding II reads each evaluated input's std from "
+        "the reward statistics (the same first inputs of the official permutation); evaluate at most 8 inputs or "
+        "raise stats.n_inputs"),
 }
 
 

@@ -228,14 +228,21 @@ def rft_variants():
             + [f"ent_{e:g}" for e in h["ent_coef"]])
 
 
+def cheap_sft_cells():
+    """(data_frac, steps_frac) of every SFT run: full SFT (1, 1) first, then the listed ``cells``, or
+    else the grid data_frac × steps_frac."""
+    c = FT["cheap_sft"]
+    cells = c.get("cells") or [(d, s) for d in c["data_frac"] for s in c["steps_frac"]]
+    return [(1.0, 1.0)] + [(float(d), float(s)) for d, s in cells if (float(d), float(s)) != (1.0, 1.0)]
+
+
 def rft_finetune_runs():
     """(task, init, variant): RFT from the pretrained model (default + each heuristic) and from every
     cheap-SFT checkpoint (default settings; d = s = 1 is full SFT->RFT)."""
     runs = []
     for t in FT["tasks"]:
         runs += [(t, "pretrained", v) for v in rft_variants()]
-        runs += [(t, sft_init(d, s), "default") for d in FT["cheap_sft"]["data_frac"]
-                 for s in FT["cheap_sft"]["steps_frac"]]
+        runs += [(t, sft_init(d, s), "default") for d, s in cheap_sft_cells()]
     return [f"results/{SCALE}/rft/runs/{t}/{i}/{v}/seed~{seed}" for t, i, v in runs for seed in FT["seeds"]]
 
 
