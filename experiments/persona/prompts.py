@@ -54,3 +54,19 @@ def select_prompt(records: list[dict], answer_matching_behavior: str, seed: int)
         raise UserError(f"no persona records with answer_matching_behavior={answer_matching_behavior!r}")
     perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
     return pool[int(perm[0])]
+
+
+def split_class(records: list[dict], answer_matching_behavior: str, n_heldout: int,
+                seed: int) -> tuple[list[dict], list[dict]]:
+    """The per-pair SFT recipe's split of one prompt class (records whose answer_matching_behavior
+    matches): ``(train, heldout)``, the held-out part being the first ``n_heldout`` of a seeded
+    permutation (torch.randperm, generator seeded by ``seed``), both in file order. The SFT trains on
+    ``train``, stops on the mean π(y+) over ``heldout``, and the DPO prompts are drawn from ``heldout``
+    (so the DPO prompt is never an SFT prompt)."""
+    pool = [r for r in records if r["answer_matching_behavior"] == answer_matching_behavior]
+    if n_heldout < 1 or n_heldout >= len(pool):
+        raise UserError(f"held-out prompts: need 1 <= n < {len(pool)} (the class "
+                        f"answer_matching_behavior={answer_matching_behavior!r}), got {n_heldout}")
+    perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(perm[:n_heldout])
+    return ([r for i, r in enumerate(pool) if i not in held], [r for i, r in enumerate(pool) if i in held])

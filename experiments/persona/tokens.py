@@ -31,6 +31,20 @@ def single_token_id(tokenizer, text: str) -> int:
     return ids[0]
 
 
+def token_slug(text: str) -> str:
+    """A token's name in paths and tables: a leading space becomes "_" (the paper's display convention),
+    so " yes" -> "_yes". Only letter-only answers (with an optional leading space) have a slug."""
+    word = text[1:] if text.startswith(" ") else text
+    if not word.isalpha():
+        raise UserError(f"answer {text!r}: only letters, with an optional leading space, can name a run folder")
+    return ("_" + word) if text.startswith(" ") else word
+
+
+def token_from_slug(slug: str) -> str:
+    """Inverse of :func:`token_slug`: "_yes" -> " yes"."""
+    return (" " + slug[1:]) if slug.startswith("_") else slug
+
+
 def normalise_token(text: str) -> str:
     text = text.strip().lstrip(_MARKERS).strip()
     return text.strip(string.punctuation + "…“”‘’").lower()
