@@ -46,3 +46,19 @@ def test_cli_writes_outputs_and_rejects_foreign_folders(tmp_path):
                                                "ches_quantiles.pdf"}
     with pytest.raises(report.UserError, match="not a CHES run folder"):
         report.collect([str(tmp_path)])
+
+
+def test_pairs_csv_holds_every_pair_of_every_run(tmp_path):
+    import pandas as pd
+
+    dirs = _runs(tmp_path, {"ches": {0: [0.1, 0.3], 1: [-0.1, -0.2]}})
+    for i, d in enumerate(dirs):
+        pd.DataFrame({"id": [7, 3, 5], "delta_logp_chosen": [i, i + 0.5, i + 1.0], "value": 0.0}).to_csv(
+            f"{d}/per_example.csv", index=False)
+    report.main(["--runs", *dirs, "--scale", "smoke", "--out-csv", str(tmp_path / "runs.csv"),
+                 "--out-pairs", str(tmp_path / "pairs.csv"), "--out-dir", str(tmp_path / "figs")])
+    pairs = pd.read_csv(tmp_path / "pairs.csv")
+    assert len(pairs) == 4 * 3 and list(pairs.columns) == ["model", "dataset", "loss", "measure", "quantile", "seed",
+                                                            "id", "delta_logp_chosen"]
+    first = pairs[(pairs["quantile"] == 0) & (pairs["seed"] == 1)]
+    assert first["id"].tolist() == [3, 5, 7] and first["delta_logp_chosen"].tolist() == [1.5, 2.0, 1.0]

@@ -182,6 +182,24 @@ def _ches(res, ches_slope=-4.0, other_slope=0.0, top_offset=-1.0, seeds=(0, 1, 2
     pd.DataFrame(rows).to_csv(res / "ches" / "runs.csv", index=False)
 
 
+def _ches_pairs(res, pair_sd, slope=-1.0, n_pairs=6, seeds=(0, 1, 2), noise=0.05):
+    """Per-pair Δ ln π(y+) = slope·q + pair effect (sd ``pair_sd``, fixed per pair: the subset's draw) +
+    seed noise; runs.csv holds each run's mean over its pairs, pairs.csv every pair."""
+    rng = np.random.default_rng(3)
+    runs, pairs = [], []
+    for measure in ("ches", "minus_edit_distance"):
+        for q in (0, 0.25, 0.5, 0.75, 1):
+            effect = pair_sd * rng.standard_normal(n_pairs)
+            for sd in seeds:
+                d = (slope if measure == "ches" else 0.0) * q + effect + noise * rng.standard_normal(n_pairs)
+                key = {"model": "m", "dataset": "d", "loss": "dpo", "measure": measure, "quantile": q, "seed": sd}
+                runs.append(key | {"delta_logp_chosen": float(d.mean())})
+                pairs += [key | {"id": f"{measure}{q}-{i}", "delta_logp_chosen": float(x)} for i, x in enumerate(d)]
+    (res / "ches").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(runs).to_csv(res / "ches" / "runs.csv", index=False)
+    pd.DataFrame(pairs).to_csv(res / "ches" / "pairs.csv", index=False)
+
+
 def _refusal(res, initial, arms: dict[str, list[float]], initial_seeds=(0, 1, 2)):
     rows = [{"model": "m", "arm": "initial", "seed": s, "refusal_rate_train": initial[i],
              "refusal_rate_test": initial[i], "delta_logp_chosen": 0.0} for i, s in enumerate(initial_seeds)]
@@ -452,3 +470,26 @@ def test_finding1_is_about_some_tasks_not_every_task(tmp_path):
     assert p1.finding1(tmp_path)[1] == YES
     few.to_csv(tmp_path / "rft/reward_stats.csv", index=False)
     assert p1.finding1(tmp_path)[1] == NO
+
+
+def test_ches_interval_covers_the_pairs_a_subset_drew(tmp_path):
+    """Seeds agree closely, but each subset's pairs vary a lot: resampling seeds alone makes the CHES
+    ordering look certain; resampling the pairs too shows it is not resolved."""
+    _ches_pairs(tmp_path, pair_sd=3.0)
+    runs = pd.read_csv(tmp_path / "ches" / "runs.csv")
+    pairs = pd.read_csv(tmp_path / "ches" / "pairs.csv")
+    seeds_only = p2.ches_intervals(runs)["ches"]
+    both = p2.ches_intervals(runs, pairs=pairs)["ches"]
+    assert both.kind == "bootstrap over seeds and pairs" and seeds_only.kind == "bootstrap over seeds"
+    assert both.mean == seeds_only.mean and both.half_width > 2 * seeds_only.half_width
+    ours, _, _ = p2.ches(tmp_path)
+    assert "seeds and pairs" in ours
+    (tmp_path / "ches" / "pairs.csv").unlink()                      # without pairs.csv: seeds only
+    assert "seeds and pairs" not in p2.ches(tmp_path)[0]
+
+
+def test_ches_pairs_bootstrap_keeps_a_clear_ordering(tmp_path):
+    _ches_pairs(tmp_path, pair_sd=0.05, slope=-4.0)
+    iv = p2.ches_intervals(pd.read_csv(tmp_path / "ches" / "runs.csv"),
+                           pairs=pd.read_csv(tmp_path / "ches" / "pairs.csv"))["ches"]
+    assert iv.ok and iv.hi < -0.5

@@ -4,7 +4,9 @@
         --out-dir figures/tiny
 
 ``RUN_DIR`` = ``results/<scale>/ches/<model>/<dataset>/<loss>/<measure>/q~<q>/seed~<n>/`` with summary.json.
-Outputs: the tidy runs CSV, ``table_ches.{csv,md}`` and ``ches_quantiles.{png,pdf}``.
+Outputs: the tidy runs CSV, the tidy per-pair CSV (``--out-pairs``: each run's Δ ln π(y+) of every
+pair of its subset, for the summary's bootstrap over pairs), ``table_ches.{csv,md}`` and
+``ches_quantiles.{png,pdf}``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def collect(run_dirs: list[str]) -> pd.DataFrame:
         raise UserError("no CHES runs")
     return pd.DataFrame(rows).sort_values(["model", "dataset", "loss", "measure", "quantile", "seed"],
                                           kind="stable").reset_index(drop=True)
+
+
+def collect_pairs(run_dirs: list[str]) -> pd.DataFrame:
+    """One row per run and pair of its subset: the run's keys, the pair ``id`` and its Δ ln π(y+)
+    (``per_example.csv`` of the run)."""
+    frames = []
+    for d in run_dirs:
+        m = RUN_RE.search(Path(d).as_posix())
+        if not m:
+            raise UserError(f"{d}: not a CHES run folder (<model>/<dataset>/<loss>/<measure>/q~<q>/seed~<n>)")
+        e = pd.read_csv(Path(d) / "per_example.csv", usecols=["id", "delta_logp_chosen"])
+        frames.append(e.assign(**(m.groupdict() | {"quantile": float(m["quantile"]), "seed": int(m["seed"])})))
+    cols = ["model", "dataset", "loss", "measure", "quantile", "seed", "id", "delta_logp_chosen"]
+    return pd.concat(frames, ignore_index=True)[cols].sort_values(cols[:7], kind="stable").reset_index(drop=True)
 
 
 def ches_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
@@ -100,10 +116,13 @@ def main(argv=None):
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--scale", required=True)
     p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-pairs", default=None, help="tidy per-pair CSV (Δ ln π(y+) of every pair of every run)")
     p.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     runs = collect(args.runs)
     write_csv(runs, args.out_csv)
+    if args.out_pairs:
+        write_csv(collect_pairs(args.runs), args.out_pairs)
     table = ches_table(runs, args.scale)
     out = Path(args.out_dir)
     write_csv(table, out / "table_ches.csv", float_format=None)

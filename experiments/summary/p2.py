@@ -66,22 +66,45 @@ def _rho(q: np.ndarray, d: np.ndarray) -> float:
     return float(sps.spearmanr(q, d).statistic)
 
 
-def ches_intervals(g: pd.DataFrame, resamples: int = 2000, seed: int = 0) -> dict[str, Interval]:
-    """For one (model, dataset, loss): the Spearman(quantile, Δ ln π(y+)) of every measure, and the
-    difference CHES − measure for every other one, by a stratified bootstrap (seeds resampled within
-    each quantile, measures independently: their subsets differ)."""
+def ches_intervals(g: pd.DataFrame, resamples: int = 2000, seed: int = 0,
+                   pairs: pd.DataFrame | None = None) -> dict[str, Interval]:
+    """For one (model, dataset, loss): the Spearman(quantile, Δ ln π(y+)) of every measure over its
+    runs (quantile × seed), and the difference CHES − measure for every other one, by a stratified
+    bootstrap: within each quantile, seeds are resampled and, where ``pairs`` (the per-pair Δ of every
+    run) is given, so are the subset's pairs (the same drawn pairs for every drawn seed), so the interval
+    covers which pairs a subset happened to hold as well as the optimiser's noise. Measures are
+    resampled independently: their subsets differ."""
     by = {m: (x["quantile"].to_numpy(float), x["delta_logp_chosen"].to_numpy(float)) for m, x in g.groupby("measure")}
     point = {m: _rho(q, d) for m, (q, d) in by.items()}
     seeds = int(g.groupby(["measure", "quantile"]).size().min())
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {m: [] for m in by}
+    cells = {}   # (measure, quantile) -> [seeds x pairs] matrix of per-pair Δ
+    if pairs is not None:
+        for (m, q), x in pairs.groupby(["measure", "quantile"]):
+            mat = x.pivot(index="seed", columns="id", values="delta_logp_chosen")
+            if mat.notna().all().all():
+                cells[(m, float(q))] = mat.to_numpy(float)
+    use_pairs = bool(cells) and all((m, float(v)) in cells for m, (q, _) in by.items() for v in np.unique(q))
     if seeds >= 2:
-        strata = {m: [np.flatnonzero(q == v) for v in np.unique(q)] for m, (q, _) in by.items()}
+        levels = {m: np.unique(q) for m, (q, _) in by.items()}
+        strata = {m: [np.flatnonzero(q == v) for v in levels[m]] for m, (q, _) in by.items()}
         for _ in range(resamples):
             for m, (q, d) in by.items():
-                idx = np.concatenate([s[rng.integers(0, len(s), len(s))] for s in strata[m]])
-                draws[m].append(_rho(q[idx], d[idx]))
+                if use_pairs:
+                    qs, ds = [], []
+                    for v in levels[m]:
+                        mat = cells[(m, float(v))]
+                        rows = rng.integers(0, mat.shape[0], mat.shape[0])
+                        cols = rng.integers(0, mat.shape[1], mat.shape[1])
+                        ds.append(mat[np.ix_(rows, cols)].mean(axis=1))
+                        qs.append(np.full(len(rows), v))
+                    draws[m].append(_rho(np.concatenate(qs), np.concatenate(ds)))
+                else:
+                    idx = np.concatenate([s[rng.integers(0, len(s), len(s))] for s in strata[m]])
+                    draws[m].append(_rho(q[idx], d[idx]))
     out = {}
+    kind = "bootstrap over seeds and pairs" if use_pairs else "bootstrap over seeds"
 
     def iv(name, pt, values):
         v = np.asarray(values, float)
@@ -89,9 +112,9 @@ def ches_intervals(g: pd.DataFrame, resamples: int = 2000, seed: int = 0) -> dic
         if seeds < 2 or not np.isfinite(pt) or len(v) < 0.95 * resamples:
             why = ("1 seed per quantile, no interval" if seeds < 2 else
                    "Δ ln π(y+) constant: Spearman undefined")
-            return Interval(pt, None, None, int(seeds), "bootstrap over seeds", why)
+            return Interval(pt, None, None, int(seeds), kind, why)
         lo, hi = np.quantile(v, [0.025, 0.975])
-        return Interval(pt, float(lo), float(hi), int(seeds), "bootstrap over seeds")
+        return Interval(pt, float(lo), float(hi), int(seeds), kind)
 
     for m in by:
         out[m] = iv(m, point[m], draws[m])
@@ -107,14 +130,18 @@ def ches(res, **_) -> tuple[str, str, str]:
     (A) CHES orders the displacement: −Spearman(quantile, Δ ln π(y+)) of CHES, baseline 0 (no
     ordering); (B) each competing measure (− edit distance, hidden-embedding similarity) is less
     ordered: −(ρ_CHES − ρ_m), baseline 0; (C) displacement at the top CHES quantile: −Δ ln π(y+) there,
-    baseline 0 (ln π(y+) does not fall). Intervals: (A, B) stratified bootstrap over seeds within each
-    quantile, (C) t over seeds. Decision per part with ``decide``; ``combine`` names which parts hold.
+    baseline 0 (ln π(y+) does not fall). Intervals: (A, B) stratified bootstrap within each quantile
+    over seeds and, where ``pairs.csv`` holds the per-pair Δ, over the subset's pairs too
+    (``ches_intervals``), (C) t over seeds. Decision per part with ``decide``; ``combine`` names which parts hold.
     The printed power is the half-width of (B)'s interval: the smallest Spearman difference resolved."""
     runs = pd.read_csv(res / "ches" / "runs.csv")
+    pairs_file = res / "ches" / "pairs.csv"
+    pairs = pd.read_csv(pairs_file) if pairs_file.exists() else None
     parts, texts = {}, []
     for key, g in runs.groupby(["model", "dataset", "loss"]):
         name = "/".join(key)
-        ivs = ches_intervals(g)
+        sub = None if pairs is None else pairs[(pairs.model == key[0]) & (pairs.dataset == key[1]) & (pairs.loss == key[2])]
+        ivs = ches_intervals(g, pairs=sub)
         if "ches" not in ivs:
             parts[f"{name} CHES"] = NOT_TESTABLE
             texts.append(f"{name}: no CHES subsets")

@@ -95,9 +95,10 @@ rule ches_dpo:
 
 rule ches_figures:
     input:
-        [f"{run}/summary.json" for run in ches_runs()],
+        [f"{run}/{f}" for run in ches_runs() for f in ("summary.json", "per_example.csv")],
     output:
         runs="results/{scale}/ches/runs.csv",
+        pairs="results/{scale}/ches/pairs.csv",
         table=figure_outputs("table_ches", (".csv", ".md"), "ches"),
         figure=figure_outputs("ches_quantiles", (".png", ".pdf"), "ches"),
     log:
@@ -114,4 +115,4 @@ rule ches_figures:
         ENV
     shell:
         "python -m experiments.ches.report --runs {params.runs} --scale {wildcards.scale}"
-        " --out-csv {output.runs} --out-dir figures/{wildcards.scale} > {log} 2>&1"
+        " --out-csv {output.runs} --out-pairs {output.pairs} --out-dir figures/{wildcards.scale} > {log} 2>&1"
