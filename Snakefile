@@ -8,10 +8,16 @@
 #   resources/models/<model>/                              prepared HF folder (safetensors + tokenizer)
 #   resources/data/persona.jsonl                           normalised persona records
 #   results/<scale>/persona/<model>/sft/{model/,metrics.jsonl,summary.json}
-#                                                          stage A: single-token SFT
+#                                                          stage A: single-token SFT (recipe synonyms: paper scale)
+#   results/<scale>/persona/<model>/sft/<y+>/amb~<class>/{model/,metrics.jsonl,summary.json}
+#                                                          stage A, recipe pair: SFT on y+ until held-out π(y+) ≥ 0.65
+#   results/<scale>/persona/<model>/scan/{predictions.csv,selected.json}
+#                                                          Theorems 4-5 predicted for every candidate pair; the picks
+#   results/<scale>/persona/<model>/scan/<init>~<loss>/<y+>-<y->/seed~<n>/…   DPO on the picked pairs
 #   results/<scale>/persona/<model>/<init>~<loss>/<y+>-<y->/seed~<n>/{config.json,metrics.jsonl,manifest.json,summary.json}
 #                                                          one single-prompt run; init in {sft, base}, loss in {dpo, ipo}
 #   results/<scale>/persona/{runs,steps}.csv               tidy aggregates (one row per run / per run x step)
+#   results/<scale>/persona/{scan_runs,scan_steps}.csv, scan_summary.json   the scan's runs; predicted vs observed
 #   figures/<scale>/table_persona.{csv,md,tex}             P2 Tables 1-3 layout, paper numbers beside ours
 #   figures/<scale>/persona_pi_chosen.{png,pdf}            π(y+) over steps, mean and 95% CI over seeds
 #   results/<scale>/theory/theorem1/{micro,single-token}.csv
@@ -32,8 +38,8 @@
 #   results/<scale>/ches/<model>/<dataset>/scores.csv      CHES, length-normalised CHES, -edit distance, last-hidden similarity
 #   results/<scale>/ches/<model>/<dataset>/<loss>/<measure>/q~<quantile>/seed~<n>/{summary.json,per_example.csv}
 #                                                          DPO on the subset centred at that quantile of the measure
-#   results/<scale>/ches/runs.csv; figures/<scale>/table_ches.{csv,md}, figures/<scale>/ches_quantiles.{png,pdf}
-#   results/<scale>/rft/sft/<task>/sft_d<data frac>_s<steps frac>/{model/,summary.json,train_log.csv}
+#   results/<scale>/ches/{runs,pairs}.csv; figures/<scale>/table_ches.{csv,md}, figures/<scale>/ches_quantiles.{png,pdf}
+#   results/<scale>/rft/sft/<task>/sft_d<data frac>_s<steps frac>/seed~<n>/{model/,summary.json,train_log.csv}
 #   results/<scale>/rft/runs/<task>/<pretrained|sft_d…_s…>/<default|lr_x…|temp_…|ent_…>/seed~<n>/
 #       {summary.json,diagnostics.csv,per_input.csv}; results/<scale>/rft/finetune_runs.csv;
 #       figures/<scale>/table_rft_{findings,heuristics,cheap_sft}.{csv,md}, rft_{finding2,heuristics,cheap_sft,diagnostics}.*

@@ -16,8 +16,9 @@ TINY = yaml.safe_load((REPO / "workflow/config/tiny.yaml").read_text())["persona
 
 @pytest.mark.slow
 def test_smollm2_dpo_saturates_then_moves_mass_to_benign_variants(smollm2_dir, mirror, tmp_path):
-    """Base-model DPO No > Never at the tiny settings: π(No) rises from < 0.1 to near 1, then falls, and
-    the tokens that take the mass are variants of 'No' (benign), as in the tiny-scale table."""
+    """Base-model DPO No > Never at lr 5e-6 (the tiny setting before the 101-step design; the tiny config
+    now runs 5e-7): π(No) rises from < 0.1 to near 1, then falls, and the tokens that take the mass are
+    variants of 'No' (benign)."""
     data = tmp_path / "persona.jsonl"
     subprocess.run([sys.executable, "-m", "experiments.data.persona", "--hub-repo", "x", "--hub-file", "y",
                     "--mirror-file", TINY["data"]["mirror_file"], "--mirror", str(mirror), "--out", str(data)],
@@ -26,7 +27,7 @@ def test_smollm2_dpo_saturates_then_moves_mass_to_benign_variants(smollm2_dir, m
     out = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "experiments.persona.dpo", "--model-dir", str(smollm2_dir),
                     "--data", str(data), "--chosen", "No", "--rejected", "Never", "--prompts-with-amb", "Yes",
-                    "--loss", "dpo", "--beta", str(setting["beta"]), "--lr", str(setting["lr"]), "--steps", "12",
+                    "--loss", "dpo", "--beta", str(setting["beta"]), "--lr", "5e-6", "--steps", "12",
                     "--seed", "9773", "--meanings", json.dumps(TINY["meanings"]),
                     "--opposites", json.dumps(TINY["opposites"]), "--threads", "2", "--out-dir", str(out)],
                    check=True)
@@ -60,9 +61,10 @@ def _persona_tables(root):
 
 @pytest.mark.slow
 def test_tiny_persona_branch_is_deterministic_and_seed_sensitive(mirror, tmp_path_factory):
-    """Issue 10 at tiny scale (≈ 25 min on 2 cores): the persona branch run twice from scratch in two
-    directories (model preparation included) gives byte-identical tables (wall times aside); other DPO
-    seeds change them."""
+    """Issue 10 at tiny scale (the configured pairs only, the scan is not this target: 2 per-pair SFTs and
+    18 runs of 101 steps, ≈ 40 min of job time per pass on an AMX CPU, ~3.5x without AMX): the persona
+    branch run twice from scratch in two directories (model preparation included) gives byte-identical
+    tables (wall times aside); other DPO seeds change them."""
     from test_workflow import snakemake
 
     env = {"SUITE_DATA_MIRROR": str(mirror), "HF_HUB_OFFLINE": "1"}
@@ -71,7 +73,7 @@ def test_tiny_persona_branch_is_deterministic_and_seed_sensitive(mirror, tmp_pat
     for name in ("first", "second"):
         work = tmp_path_factory.mktemp(f"tiny_persona_{name}")
         r = snakemake("--cores", "2", "--config", "scale=tiny", "--directory", str(work), target,
-                      env_extra=env, timeout=3600)
+                      env_extra=env, timeout=4 * 3600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         runs.append(work)
     first, second = (_persona_tables(w) for w in runs)
@@ -86,7 +88,7 @@ def test_tiny_persona_branch_is_deterministic_and_seed_sensitive(mirror, tmp_pat
     other = runs[1] / "seeds.yaml"
     other.write_text(yaml.safe_dump({"persona": {"seeds": [4242, 17, 99]}}))
     r = snakemake("--cores", "2", "--config", "scale=tiny", "--configfile", str(other), "--directory", str(runs[1]),
-                  target, env_extra=env, timeout=3600)
+                  target, env_extra=env, timeout=4 * 3600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "persona_sft" not in r.stderr.split("Job stats:")[-1].split("\n\n")[0]
     third = _persona_tables(runs[1])

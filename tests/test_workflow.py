@@ -173,14 +173,15 @@ def test_paper_scale_plans_every_persona_run():
     assert len(set(re.findall(r"ches/[^/]+/[^/]+/(?:dpo|ipo)/[^/]+/q~[0-9.]+/seed~\d+/summary\.json", r.stdout))) \
         == 3 * 2 * 3 * 5 * 3 * 2
     # P1 §4.1/§5: per task, RFT from the pretrained model (default + each heuristic) and after each
-    # cheap-SFT checkpoint (full SFT->RFT included), every one x seeds; one SFT per grid cell
+    # cheap-SFT checkpoint (full SFT->RFT included), every one x seeds; one SFT per grid cell and seed
     ft = rft["finetune"]
     assert set(ft["tasks"]) == set(rft["tasks"]) and ft["algorithm"] == "ppo"
     h, cheap = ft["heuristics"], ft["cheap_sft"]
     n_heur = len(h["lr_mult"]) + len(h["temperature"]) + len(h["ent_coef"])
     n_cells = len(cheap["data_frac"]) * len(cheap["steps_frac"])
     assert {0.01, 0.1, 1.0} <= set(cheap["data_frac"]) and {0.1, 0.4, 1.0} <= set(cheap["steps_frac"])
-    assert counts["rft_sft"] == 7 * n_cells
+    assert counts["rft_sft"] == 7 * n_cells * len(ft["seeds"])
+    assert ft["critic"] == "separate"                       # RL4LMs' critic: a copy of the LM
     assert counts["rft_train"] == 7 * (1 + n_heur + n_cells) * len(ft["seeds"])
     assert rft["tasks"]["common_gen"]["ppo"]["lr"] == 2e-6 and rft["tasks"]["common_gen"]["ppo"]["target_kl"] == 2.0
     assert rft["tasks"]["narrative_qa"]["ppo_on_supervised"]["lr"] == 5e-7

@@ -7,6 +7,11 @@ summary holds the largest decrease of π(y+) (start → minimum, P2 Table 1) and
 catastrophic (see ``experiments.persona.tokens``), and the single-token theory check after the first
 step: the correlation, over the vocabulary, between Δ ln π(z) and ⟨W_z, W_{y+} − W_{y−}⟩ (P2 Thm 5), and
 cos(Δh, W_{y+} − W_{y−}), which the theorem's unconstrained-features setting makes 1 (see ``theory_check``).
+It also holds Theorems 4–5's prediction at step 0 from the run's own start (``theory_first_step.step0``:
+d/dt ln π(y+) and the predicted gainers, ``experiments.persona.scan``), the observed first-step change
+of ln π(y+), P2 Definition 1 on the run (``definition1``: the loss fell while ln π(y+) fell, end vs
+start), and whether the prompt was an SFT prompt (``prompt_seen_in_sft``, from the model's
+``persona_sft.json``; None for a prepared model).
 
     python -m experiments.persona.dpo --model-dir DIR --data persona.jsonl --chosen Yes --rejected No \
         --prompts-with-amb No --loss dpo --beta 0.1 --lr 1e-7 --steps 101 --seed 9773 --out-dir RUN/
@@ -30,7 +35,8 @@ from experiments.common.io import read_jsonl, run_manifest, write_json, write_js
 from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
 from experiments.models.load import load_causal_lm, load_tokenizer
 from experiments.persona.losses import next_token_logprobs, preference_loss
-from experiments.persona.prompts import encode_prompt, select_prompt
+from experiments.persona.prompts import POOLS, dpo_prompt, encode_prompt
+from experiments.persona.scan import step0_prediction
 from experiments.persona.sft import make_optimizer
 from experiments.persona.tokens import classify_token, single_token_id
 
@@ -115,8 +121,9 @@ def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected
     """Optimise the preference loss on one prompt for ``steps`` full-batch steps.
 
     Returns per-step records (state after 0..steps updates), the full next-token log-prob vector
-    after each step (CPU, fp32), and the theory check after the first step. Reference log-probs are
-    those of the model as given, computed once.
+    after each step (CPU, fp32), and the theory: ``step0``, Theorems 4–5's prediction at the start
+    (:func:`experiments.persona.scan.step0_prediction`), and the check after the first step
+    (:func:`theory_check`). Reference log-probs are those of the model as given, computed once.
 
     ``ckpt`` (a :class:`experiments.common.checkpoint.LoopCheckpoint`) saves the weights, optimizer, the
     reference log-probs and everything logged so far every ``ckpt.every`` steps, and a rerun given the
@@ -153,8 +160,10 @@ def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected
             raise UserError(f"{loss_type} loss is {loss.item()} at step {step}: stopping")
         lp = logps.detach()
         logps_cpu.append(lp.cpu())
+        if step == 0:
+            theory = {"step0": step0_prediction(W, hidden[0], lp, chosen_id, rejected_id, loss_type, beta)}
         if step == 1:
-            theory = theory_check(logp_ref, lp, W, hidden[0], hidden[-1], chosen_id, rejected_id)
+            theory |= theory_check(logp_ref, lp, W, hidden[0], hidden[-1], chosen_id, rejected_id)
         rows.append({"step": step, "loss": loss.item(),
                      "logp_chosen": lp[chosen_id].item(), "logp_rejected": lp[rejected_id].item(),
                      "p_chosen": lp[chosen_id].exp().item(), "p_rejected": lp[rejected_id].exp().item(),
@@ -170,6 +179,13 @@ def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected
     return rows, logps_cpu, theory
 
 
+def sft_record(model_dir: str) -> dict | None:
+    """``persona_sft.json`` of a post-SFT model folder (see ``experiments.persona.sft``), None for a
+    prepared model."""
+    path = Path(model_dir) / "persona_sft.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 @main_guard
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Single-prompt single-token DPO/IPO (P2 §3)")
@@ -179,6 +195,12 @@ def main(argv=None):
     ap.add_argument("--rejected", required=True, help="dispreferred answer token y−, e.g. No")
     ap.add_argument("--prompts-with-amb", required=True, choices=["Yes", "No"],
                     help="draw the prompt among records with this answer_matching_behavior")
+    ap.add_argument("--prompt-pool", default="all", choices=POOLS,
+                    help="all: every prompt of the class (the paper); heldout: the held-out prompts of the "
+                         "per-pair SFT's split (experiments.persona.prompts.split_class)")
+    ap.add_argument("--heldout-prompts", type=int, default=0, help="heldout pool: its size (the SFT's)")
+    ap.add_argument("--split-seed", type=int, default=0, help="heldout pool: the SFT's seed")
+    ap.add_argument("--max-prompts", type=int, default=0, help="heldout pool: the SFT's max_prompts (0 = all)")
     ap.add_argument("--loss", default="dpo", choices=["dpo", "ipo"])
     ap.add_argument("--beta", type=float, default=0.1, help="β for DPO, τ for IPO")
     ap.add_argument("--optimizer", default="rmsprop")
@@ -212,7 +234,12 @@ def main(argv=None):
     model = load_causal_lm(args.model_dir, device=device)
     model.eval()  # no dropout: the trajectory is a deterministic function of the seed
     chosen_id, rejected_id = single_token_id(tok, args.chosen), single_token_id(tok, args.rejected)
-    record = select_prompt(read_jsonl(args.data), args.prompts_with_amb, args.seed)
+    record = dpo_prompt(read_jsonl(args.data), args.prompts_with_amb, args.seed, args.prompt_pool,
+                        args.heldout_prompts, args.split_seed, args.max_prompts)
+    sft = sft_record(args.model_dir)
+    if sft is not None and args.prompt_pool == "heldout" and record["id"] not in sft.get("heldout_prompt_ids", []):
+        raise UserError(f"prompt {record['id']} is not among the held-out prompts of {args.model_dir}: "
+                        "--heldout-prompts/--split-seed/--max-prompts differ from the SFT's")
     input_ids = torch.tensor([encode_prompt(tok, record["question"], args.prompt_format)], device=device)
 
     optim = make_optimizer(args.optimizer, model.parameters(), args.lr)
@@ -235,8 +262,20 @@ def main(argv=None):
     risers = [{"id": i, "token": tok.decode([i]), "p_from": float(probs[t0][i]), "p_to": float(probs[t1][i]),
                "dp": d, "meaning": classify_token(tok.decode([i]), args.chosen, meanings, opposites)}
               for i, d in top_risers(probs[t0], probs[t1], exclude, args.top_k)]
+    pred = theory.get("step0") or {}
+    if pred:
+        pred["gainers"] = [{"id": i, "token": tok.decode([i]), "rate": r,
+                            "meaning": classify_token(tok.decode([i]), args.chosen, meanings, opposites)}
+                           for i, r in pred["gainers"]]
     summary.update({
         "prompt_id": record["id"], "chosen": args.chosen, "rejected": args.rejected,
+        "prompt_pool": args.prompt_pool,
+        # None: no SFT (base init); else whether an SFT update used this prompt
+        "prompt_seen_in_sft": None if sft is None else record["id"] in set(sft["trained_prompt_ids"]),
+        "sft": None if sft is None else {k: v for k, v in sft.items() if not k.endswith("_ids")},
+        # P2 Definition 1 on this run: the loss fell while ln π(y+) fell (end of training vs start)
+        "definition1": bool(rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["logp_chosen"] < rows[0]["logp_chosen"]),
+        "dlogp_chosen_first_step": rows[1]["logp_chosen"] - rows[0]["logp_chosen"],
         "p_rejected_start": rows[0]["p_rejected"], "p_rejected_end": rows[-1]["p_rejected"],
         "loss_start": rows[0]["loss"], "loss_end": rows[-1]["loss"],
         "risers_window": [t0, t1],

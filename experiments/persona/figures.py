@@ -27,9 +27,12 @@ DECREASE = "π(y+) decrease, start → min (P2 metric)"
 THEORY = "step-1 corr. of Δln π(z) with ⟨W_z, W+ − W−⟩ (Thm 5)"
 COS_DH = "step-1 cos(Δh, W+ − W−), assumed 1 by Thms 4–5 (mean ± 95% CI)"
 DRAWDOWN = "π(y+) decrease, peak → later min"
-COLUMNS = ["setting", "model", "y+", "y−", DECREASE, DRAWDOWN, "runs where π(y+) fell",
+DEF1 = "runs with Definition 1 (loss ↓ while ln π(y+) ↓)"
+SFT = "SFT (recipe: steps, held-out π(y+) at the stop)"
+SEEN = "DPO prompt seen in SFT"
+COLUMNS = ["setting", "model", "y+", "y−", DECREASE, DRAWDOWN, "runs where π(y+) fell", DEF1,
            "benign tokens increasing most", "catastrophic tokens increasing most",
-           THEORY, COS_DH, "source"]
+           THEORY, COS_DH, SFT, SEEN, "source"]
 PAPER_START = (min(r[3] for r in paper.TABLE1), max(r[3] for r in paper.TABLE1))  # π(y+) at start, Table 1
 
 
@@ -62,8 +65,31 @@ def mean_ci_text(values) -> str:
     return f"{iv.mean:.2f} ± {half:.2f}" if half >= 0.005 else f"{iv.mean:.2f} ± <0.01"
 
 
+def sft_text(g: pd.DataFrame) -> str:
+    """How the runs' SFT model was made: ``pair: 3 steps, held-out π(y+) 0.81`` (``pair`` recipe, one
+    SFT model per pair), ``synonyms`` (the paper's recipe), ``—`` (no SFT)."""
+    if "sft_recipe" not in g or g["sft_recipe"].isna().all():
+        return "—"
+    recipe = g["sft_recipe"].dropna().iloc[0]
+    if recipe != "pair":
+        return str(recipe)
+    first = g.dropna(subset=["sft_steps"]).iloc[0]
+    capped = "" if bool(first["sft_reached"]) else ", cap hit before the target"
+    return f"pair: {int(first['sft_steps'])} steps, held-out π(y+) {first['sft_heldout_p_chosen']:.2f}{capped}"
+
+
+def seen_text(g: pd.DataFrame) -> str:
+    """``no`` / ``yes`` / ``2/3 runs`` / ``—`` (no SFT) for the DPO prompts of a row's runs."""
+    if "prompt_seen_in_sft" not in g or g["prompt_seen_in_sft"].isna().all():
+        return "—"
+    seen = g["prompt_seen_in_sft"].dropna().astype(str).str.lower().eq("true")
+    return "no" if not seen.any() else "yes" if seen.all() else f"{int(seen.sum())}/{len(seen)} runs"
+
+
 def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
     rows = []
+    if "group" in runs:
+        runs = runs[runs["group"].fillna("config") == "config"]
     for (init, loss, model, chosen, rejected), g in runs.groupby(
             ["init", "loss", "model", "chosen", "rejected"], sort=False):
         risers = [json.loads(s) for s in g["top_risers"]]
@@ -72,18 +98,22 @@ def persona_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
             DECREASE: f"{g.largest_decrease.mean():.2f} ({g.p_start.mean():.2f} → {g.p_min.mean():.2f})",
             DRAWDOWN: f"{g.drawdown.mean():.2f} ({g.p_peak.mean():.2f} → {g.p_trough.mean():.2f})",
             "runs where π(y+) fell": f"{int(g.displaced.sum())}/{len(g)}",
+            DEF1: (f"{int(g.definition1.astype(str).str.lower().eq('true').sum())}/{len(g)}"
+                   if "definition1" in g else ""),
             "benign tokens increasing most": top_tokens(risers, "benign"),
             "catastrophic tokens increasing most": top_tokens(risers, "catastrophic"),
             THEORY: f"{g.theory_pearson.mean():.2f}", COS_DH: mean_ci_text(g.theory_cos_dh_w_diff),
+            SFT: sft_text(g), SEEN: seen_text(g),
             "source": f"ours, {scale} scale, {len(g)} seed{'s' if len(g) > 1 else ''}",
         })
     for model, chosen, rejected, p0, pmin, benign, catastrophic in paper.TABLE1:
         rows.append({
             "setting": SETTINGS[("sft", "dpo")], "model": model, "y+": chosen, "y−": rejected,
             DECREASE: f"{p0 - pmin:.2f} ({p0:.2f} → {pmin:.2f})", DRAWDOWN: "",
-            "runs where π(y+) fell": "", "benign tokens increasing most": benign,
+            "runs where π(y+) fell": "", DEF1: "", "benign tokens increasing most": benign,
             "catastrophic tokens increasing most": catastrophic,
-            THEORY: "", COS_DH: "", "source": paper.SOURCE,
+            THEORY: "", COS_DH: "", SFT: "synonyms (paper)", SEEN: "yes (paper: SFT on all prompts)",
+            "source": paper.SOURCE,
         })
     order = {v: i for i, v in enumerate(SETTINGS.values())}
     table = pd.DataFrame(rows, columns=COLUMNS)

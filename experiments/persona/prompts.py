@@ -70,3 +70,20 @@ def split_class(records: list[dict], answer_matching_behavior: str, n_heldout: i
     perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(perm[:n_heldout])
     return ([r for i, r in enumerate(pool) if i not in held], [r for i, r in enumerate(pool) if i in held])
+
+
+POOLS = ("all", "heldout")
+
+
+def dpo_prompt(records: list[dict], answer_matching_behavior: str, seed: int, pool: str = "all",
+               n_heldout: int = 0, split_seed: int = 0, max_prompts: int = 0) -> dict:
+    """The single DPO prompt of a run. ``all`` (the paper's rule): :func:`select_prompt` over every
+    record of the class. ``heldout`` (the per-pair SFT recipe): the same rule over the held-out part of
+    :func:`split_class` of the first ``max_prompts`` records (0 = all), the split the SFT made."""
+    if pool == "all":
+        return select_prompt(records, answer_matching_behavior, seed)
+    if pool != "heldout":
+        raise UserError(f"unknown prompt pool {pool!r}: use one of {POOLS}")
+    _, heldout = split_class(records[:max_prompts] if max_prompts else records, answer_matching_behavior,
+                             n_heldout, split_seed)
+    return select_prompt(heldout, answer_matching_behavior, seed)

@@ -1,11 +1,28 @@
-"""Stage A of P2 §3: one SFT pass over all persona prompts, cross-entropy on a single output token.
+"""Stage A of P2 §3: single-token SFT on persona prompts, by one of two recipes (``--recipe``).
 
-Target per prompt, drawn uniformly with the run's seed: from ``--targets-if-yes`` when the prompt's
-answer_matching_behavior is "Yes" (the statement matches the undesirable persona; paper: No, Never,
-Maybe, Perhaps), else from ``--targets-if-no`` (paper: Yes, Yeah, Sure, Certainly, Absolutely).
+``synonyms`` (the paper's): one pass over all prompts, the target per prompt drawn uniformly with the
+run's seed from ``--targets-if-yes`` when the prompt's answer_matching_behavior is "Yes" (the
+statement matches the undesirable persona; paper: No, Never, Maybe, Perhaps), else from
+``--targets-if-no`` (paper: Yes, Yeah, Sure, Certainly, Absolutely). One model serves every pair.
+
+``pair`` (one model per y+ and prompt class): the prompts of one class (answer_matching_behavior =
+``--prompts-with-amb``) are split (:func:`experiments.persona.prompts.split_class`) into a held-out part
+of ``--heldout-prompts`` and a training part; SFT on the single target ``--target`` (the pair's y+)
+over the training part, in batches of a seeded permutation (a new one per pass), stopped at the first
+step where the mean π(y+) over the held-out prompts reaches ``--stop-at`` (0.65, the lowest π(y+) at
+the start of P2 Table 1's runs), or after ``--max-steps`` steps (step 0 = before any update counts:
+a model already there is not trained). The DPO prompts are drawn from the held-out part, so they are
+never SFT prompts.
+
+Both write ``persona_sft.json`` into the model folder (recipe, the ids of the prompts trained on, and
+for ``pair`` the held-out ids and the stopping record), which the DPO runs read to say whether their
+prompt was seen in SFT.
 
     python -m experiments.persona.sft --model-dir resources/models/M --data resources/data/persona.jsonl \
-        --out-dir results/tiny/persona/M/sft/model --metrics m.jsonl --summary s.json
+        --out-dir results/tiny/persona/M/sft/model --metrics m.jsonl --summary s.json \
+        --recipe synonyms --targets-if-yes '["No", "Never"]' --targets-if-no '["Yes", "Sure"]' --lr 1e-4
+    python -m experiments.persona.sft ... --recipe pair --target Yes --prompts-with-amb No --stop-at 0.65 \
+        --max-steps 60 --heldout-prompts 64 --lr 1e-4
 """
 
 from __future__ import annotations
@@ -15,6 +32,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -37,7 +55,7 @@ from experiments.common.torchutil import (
 )
 from experiments.models.load import load_causal_lm, load_tokenizer
 from experiments.persona.losses import next_token_logprobs
-from experiments.persona.prompts import encode_prompt, left_pad
+from experiments.persona.prompts import encode_prompt, left_pad, split_class
 from experiments.persona.tokens import single_token_id
 
 log = logging.getLogger("persona.sft")
@@ -75,6 +93,94 @@ def mean_answer_probs(model, batches, word_ids: dict[str, int], device, precisio
     return {w: s / n for w, s in sums.items()}
 
 
+def train_until_target(update: Callable[[int], dict], evaluate: Callable[[], float], stop_at: float,
+                       max_steps: int) -> tuple[list[dict], dict]:
+    """The ``pair`` recipe's stopping rule, as control flow only.
+
+    ``evaluate()`` returns the mean held-out π(y+) of the current model; ``update(step)`` makes one
+    optimiser step and returns its log row. Evaluates before any step (step 0) and after every step,
+    and stops at the first step whose evaluation is ≥ ``stop_at``, or after ``max_steps`` steps.
+    Returns the rows (step 0..n, each with ``heldout_p_target``) and the stopping record: ``steps``
+    (n), ``reached``, ``heldout_p_target`` (at step n) and ``heldout_p_target_start`` (step 0).
+    """
+    if max_steps < 0:
+        raise UserError(f"max_steps must be >= 0, got {max_steps}")
+    p = evaluate()
+    rows, step = [{"step": 0, "heldout_p_target": p}], 0
+    while p < stop_at and step < max_steps:
+        step += 1
+        row = update(step)
+        p = evaluate()
+        rows.append({**row, "step": step, "heldout_p_target": p})
+    return rows, {"steps": step, "reached": bool(p >= stop_at), "heldout_p_target": p,
+                  "heldout_p_target_start": rows[0]["heldout_p_target"], "stop_at": stop_at, "max_steps": max_steps}
+
+
+def run_pair_recipe(args, model, tok, records, device, precision, started) -> None:
+    """The ``pair`` recipe (module docstring); writes the model folder, metrics and summary. It keeps no
+    resumable checkpoint (``--checkpoint-dir`` is ignored): it runs at most ``--max-steps`` steps."""
+    if not 0 < args.stop_at <= 1:
+        raise UserError(f"--stop-at must be in (0, 1], got {args.stop_at}")
+    if not args.target or not args.prompts_with_amb:
+        raise UserError("--recipe pair needs --target and --prompts-with-amb")
+    train, heldout = split_class(records, args.prompts_with_amb, args.heldout_prompts, args.seed)
+    target_id = single_token_id(tok, args.target)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = {r["id"]: encode_prompt(tok, r["question"], args.prompt_format) for r in train + heldout}
+    eval_batches = [left_pad([encoded[r["id"]] for r in heldout[s:s + args.batch_size]], pad_id)
+                    for s in range(0, len(heldout), args.batch_size)]
+    micro = args.micro_batch_size or args.batch_size
+    optim = make_optimizer(args.optimizer, model.parameters(), args.lr)
+    gen = torch.Generator().manual_seed(args.seed)
+    order: list[int] = []
+    trained: set[int] = set()
+
+    def evaluate() -> float:
+        model.eval()
+        return mean_answer_probs(model, eval_batches, {args.target: target_id}, device, precision)[args.target]
+
+    def update(step: int) -> dict:
+        nonlocal order
+        if not order:   # a new seeded pass over the training part (its last batch may be smaller)
+            order = torch.randperm(len(train), generator=gen).tolist()
+        idx, order = order[: args.batch_size], order[args.batch_size:]
+        model.train()
+        optim.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for m in range(0, len(idx), micro):
+            part = [train[i] for i in idx[m:m + micro]]
+            batch = {k: v.to(device) for k, v in left_pad([encoded[r["id"]] for r in part], pad_id).items()}
+            with autocast(precision, device):
+                logits = model(**batch, logits_to_keep=1).logits
+            loss = -next_token_logprobs(logits)[:, target_id].sum() / len(idx)
+            if not torch.isfinite(loss):
+                raise UserError(f"SFT loss is {loss.item()} at step {step}: stopping")
+            loss.backward()
+            loss_sum += loss.item()
+            trained.update(r["id"] for r in part)
+        optim.step()
+        return {"loss": loss_sum}
+
+    rows, stop = train_until_target(update, evaluate, args.stop_at, args.max_steps)
+    record = {"recipe": "pair", "target": args.target, "prompts_with_amb": args.prompts_with_amb,
+              "trained_prompt_ids": sorted(trained), "heldout_prompt_ids": [r["id"] for r in heldout], **stop}
+    with atomic_dir(args.out_dir) as tmp:
+        model.save_pretrained(tmp)  # the model at the stopping step
+        tok.save_pretrained(tmp)
+        write_json(tmp / "persona_sft.json", record)
+    write_jsonl(args.metrics, rows)
+    write_json(args.summary, {
+        **{k: v for k, v in record.items() if not k.endswith("_ids")}, "precision": precision,
+        "n_train_prompts": len(train), "n_heldout_prompts": len(heldout), "n_prompts_trained_on": len(trained),
+        "dpo_prompts_held_out": True,
+        "note": "DPO prompts are drawn from the held-out prompts: never seen in SFT",
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
+    })
+    log.info("pair SFT on %r (prompts with amb %s): %s after %d steps, held-out π(y+) %.3f -> %.3f",
+             args.target, args.prompts_with_amb, "reached" if stop["reached"] else "cap hit, not reached",
+             stop["steps"], stop["heldout_p_target_start"], stop["heldout_p_target"])
+
+
 @main_guard
 def main(argv=None):
     p = argparse.ArgumentParser(description="Persona single-token SFT (P2 §3, stage A)")
@@ -83,8 +189,14 @@ def main(argv=None):
     p.add_argument("--out-dir", required=True, help="where the finetuned HF model folder goes")
     p.add_argument("--metrics", required=True)
     p.add_argument("--summary", required=True)
-    p.add_argument("--targets-if-yes", required=True, help="JSON list of answer words")
-    p.add_argument("--targets-if-no", required=True, help="JSON list of answer words")
+    p.add_argument("--recipe", default="synonyms", choices=["synonyms", "pair"])
+    p.add_argument("--targets-if-yes", default=None, help="synonyms: JSON list of answer words")
+    p.add_argument("--targets-if-no", default=None, help="synonyms: JSON list of answer words")
+    p.add_argument("--target", default=None, help="pair: the single target token (the pair's y+)")
+    p.add_argument("--prompts-with-amb", default=None, choices=["Yes", "No"], help="pair: the prompt class")
+    p.add_argument("--stop-at", type=float, default=0.65, help="pair: stop when held-out mean π(y+) reaches this")
+    p.add_argument("--max-steps", type=int, default=100, help="pair: the step cap")
+    p.add_argument("--heldout-prompts", type=int, default=64, help="pair: held-out prompts of the class")
     p.add_argument("--prompt-format", default="auto")
     p.add_argument("--optimizer", default="rmsprop")
     p.add_argument("--lr", type=float, required=True)
@@ -119,6 +231,11 @@ def main(argv=None):
         records = records[: args.max_prompts]
     if not records:
         raise UserError(f"{args.data}: no records")
+    if args.recipe == "pair":
+        run_pair_recipe(args, model, tok, records, device, precision, started)
+        return
+    if args.targets_if_yes is None or args.targets_if_no is None:
+        raise UserError("--recipe synonyms needs --targets-if-yes and --targets-if-no")
     targets_yes, targets_no = json.loads(args.targets_if_yes), json.loads(args.targets_if_no)
     word_ids = {w: single_token_id(tok, w) for w in dict.fromkeys(targets_yes + targets_no)}
     targets = assign_targets(records, targets_yes, targets_no, args.seed)
@@ -187,8 +304,12 @@ def main(argv=None):
     with atomic_dir(args.out_dir) as tmp:
         model.save_pretrained(tmp)  # safetensors
         tok.save_pretrained(tmp)
+        write_json(tmp / "persona_sft.json", {"recipe": "synonyms", "trained_prompt_ids": [r["id"] for r in records]})
     write_jsonl(args.metrics, rows)
     write_json(args.summary, {
+        "recipe": "synonyms", "dpo_prompts_held_out": False,
+        "note": ("the paper's recipe: SFT on every prompt (the first max_prompts at small scales); a DPO prompt "
+                 "is seen in SFT when its id is in persona_sft.json (each run's summary says)"),
         "steps": step, "final_loss": rows[-1]["loss"], "precision": precision,
         "answer_probs_before": before, "answer_probs_after": after,
         "manifest": run_manifest(seed=args.seed, device=str(device), started=started),

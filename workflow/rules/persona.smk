@@ -1,4 +1,5 @@
-# P2 §3: single-prompt, single-token DPO/IPO on an Anthropic persona file (Tables 1-3).
+# P2 §3: single-prompt, single-token DPO/IPO on an Anthropic persona file (Tables 1-3), and a
+# theory-guided scan of token pairs (Theorems 4-5: predicted against observed displacement).
 
 
 rule persona_sft:
@@ -27,7 +28,7 @@ rule persona_sft:
     conda:
         ENV
     shell:
-        "python -m experiments.persona.sft --model-dir {input.model} --data {input.data}"
+        "python -m experiments.persona.sft --recipe synonyms --model-dir {input.model} --data {input.data}"
         " --out-dir {output.model} --metrics {output.metrics} --summary {output.summary}"
         " --targets-if-yes {params.targets_if_yes:q} --targets-if-no {params.targets_if_no:q}"
         " --prompt-format {params.prompt_format} --optimizer {params.sft[optimizer]} --lr {params.sft[lr]}"
@@ -35,6 +36,46 @@ rule persona_sft:
         " --max-prompts {params.sft[max_prompts]} --seed {params.sft[seed]}"
         " --precision {params.sft[precision]} --device {params.device} --threads {threads}"
         " --checkpoint-dir checkpoints/{wildcards.scale}/persona_sft/{wildcards.model} > {log} 2>&1"
+
+
+rule persona_sft_pair:
+    """sft.recipe pair: SFT on one target y+ over its prompt class, stopped at the first step where
+    the mean π(y+) over held-out prompts of the class reaches sft.stop_at (cap sft.max_steps)."""
+    input:
+        model="resources/models/{model}",
+        data="resources/data/persona.jsonl",
+    output:
+        model=directory("results/{scale}/persona/{model}/sft/{target}/amb~{amb}/model"),
+        metrics="results/{scale}/persona/{model}/sft/{target}/amb~{amb}/metrics.jsonl",
+        summary="results/{scale}/persona/{model}/sft/{target}/amb~{amb}/summary.json",
+    log:
+        "logs/{scale}/persona_sft_pair/{model}/{target}~{amb}.log",
+    benchmark:
+        "benchmarks/{scale}/persona_sft_pair/{model}/{target}~{amb}.tsv",
+    wildcard_constraints:
+        target=r"_?[A-Za-z]+",
+        amb="Yes|No",
+    params:
+        sft=PERSONA["sft"],
+        target=lambda w: persona_token(w.target),
+        prompt_format=PERSONA["prompt_format"],
+        device=config["device"],
+    priority: 5
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.persona.sft --recipe pair --target {params.target:q} --prompts-with-amb {wildcards.amb}"
+        " --stop-at {params.sft[stop_at]} --max-steps {params.sft[max_steps]} --heldout-prompts {params.sft[heldout_prompts]}"
+        " --model-dir {input.model} --data {input.data}"
+        " --out-dir {output.model} --metrics {output.metrics} --summary {output.summary}"
+        " --prompt-format {params.prompt_format} --optimizer {params.sft[optimizer]} --lr {params.sft[lr]}"
+        " --batch-size {params.sft[batch_size]} --micro-batch-size {params.sft[micro_batch_size]}"
+        " --max-prompts {params.sft[max_prompts]} --seed {params.sft[seed]}"
+        " --precision {params.sft[precision]} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule persona_dpo:
@@ -51,6 +92,7 @@ rule persona_dpo:
     params:
         setting=persona_setting,
         pair=persona_pair,
+        pool=persona_prompt_pool(),
         out_dir=subpath(output.summary, parent=True),
         prompt_format=PERSONA["prompt_format"],
         precision=PERSONA["precision"],
@@ -72,7 +114,7 @@ rule persona_dpo:
     shell:
         "python -m experiments.persona.dpo --model-dir {input.model} --data {input.data}"
         " --chosen {params.pair[chosen]:q} --rejected {params.pair[rejected]:q}"
-        " --prompts-with-amb {params.pair[prompts_with_amb]} --loss {wildcards.loss}"
+        " --prompts-with-amb {params.pair[prompts_with_amb]} {params.pool} --loss {wildcards.loss}"
         " --beta {params.setting[beta]} --optimizer {params.setting[optimizer]} --lr {params.setting[lr]}"
         " --steps {params.setting[steps]} --seed {wildcards.seed} --prompt-format {params.prompt_format}"
         " --top-k {params.top_k} --meanings {params.meanings:q} --opposites {params.opposites:q}"
@@ -127,3 +169,131 @@ rule persona_figures:
         "python -m experiments.persona.figures --runs {input.runs} --steps {input.steps}"
         " --scale {params.scale} --table-prefix figures/{wildcards.scale}/table_persona"
         " --figure-prefix figures/{wildcards.scale}/persona_pi_chosen > {log} 2>&1"
+
+
+checkpoint persona_scan:
+    """Theorem 4's d/dt ln π(y+) at DPO step 0 for every ordered pair of candidate single-token
+    answers; chooses the scan's pairs by the rule in experiments/persona/scan.py (before any run)."""
+    input:
+        model=persona_scan_input_model,
+        data="resources/data/persona.jsonl",
+    output:
+        predictions="results/{scale}/persona/{model}/scan/predictions.csv",
+        selected="results/{scale}/persona/{model}/scan/selected.json",
+    log:
+        "logs/{scale}/persona_scan/{model}.log",
+    benchmark:
+        "benchmarks/{scale}/persona_scan/{model}.tsv",
+    params:
+        scan=persona_scan_spec(),
+        sft=PERSONA["sft"],
+        setting=lambda w: persona_scan_setting(),
+        words=json.dumps(persona_scan_spec()["words"]),
+        seeds=" ".join(str(s) for s in persona_scan_spec()["seeds"]),
+        class_of_meaning=json.dumps(persona_scan_spec()["class_of_meaning"]),
+        meanings=json.dumps(PERSONA["meanings"]),
+        opposites=json.dumps(PERSONA["opposites"]),
+        prompt_format=PERSONA["prompt_format"],
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.persona.scan --model-dir {input.model} --data {input.data}"
+        " --words {params.words:q} --meanings {params.meanings:q} --opposites {params.opposites:q}"
+        " --class-of-meaning {params.class_of_meaning:q} --seeds {params.seeds} --k {params.scan[k]}"
+        " --loss dpo --beta {params.setting[beta]} --recipe {params.sft[recipe]} --stop-at {params.sft[stop_at]}"
+        " --step-nats {params.scan[step_nats]} --heldout-prompts {params.sft[heldout_prompts]}"
+        " --split-seed {params.sft[seed]} --max-prompts {params.sft[max_prompts]} --prompt-format {params.prompt_format}"
+        " --device {params.device} --threads {threads}"
+        " --out-predictions {output.predictions} --out-selected {output.selected} > {log} 2>&1"
+
+
+rule persona_scan_dpo:
+    input:
+        model=persona_scan_init_model,
+        data="resources/data/persona.jsonl",
+    output:
+        metrics="results/{scale}/persona/{model}/scan/sft~dpo/{pair}/seed~{seed}/metrics.jsonl",
+        summary="results/{scale}/persona/{model}/scan/sft~dpo/{pair}/seed~{seed}/summary.json",
+    log:
+        "logs/{scale}/persona_scan_dpo/{model}/{pair}/seed~{seed}.log",
+    benchmark:
+        "benchmarks/{scale}/persona_scan_dpo/{model}/{pair}/seed~{seed}.tsv",
+    params:
+        setting=lambda w: persona_scan_setting(),
+        pair=persona_scan_pair,
+        pool=persona_prompt_pool(),
+        out_dir=subpath(output.summary, parent=True),
+        prompt_format=PERSONA["prompt_format"],
+        precision=PERSONA["precision"],
+        top_k=PERSONA["top_k"],
+        meanings=json.dumps(PERSONA["meanings"]),
+        opposites=json.dumps(PERSONA["opposites"]),
+        device=config["device"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.persona.dpo --model-dir {input.model} --data {input.data}"
+        " --chosen {params.pair[chosen]:q} --rejected {params.pair[rejected]:q}"
+        " --prompts-with-amb {params.pair[prompts_with_amb]} {params.pool} --loss dpo"
+        " --beta {params.setting[beta]} --optimizer {params.setting[optimizer]} --lr {params.setting[lr]}"
+        " --steps {params.setting[steps]} --seed {wildcards.seed} --prompt-format {params.prompt_format}"
+        " --top-k {params.top_k} --meanings {params.meanings:q} --opposites {params.opposites:q}"
+        " --precision {params.precision} --device {params.device} --threads {threads}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule persona_scan_aggregate:
+    input:
+        summaries=persona_scan_run_files,
+    output:
+        runs="results/{scale}/persona/scan_runs.csv",
+        steps="results/{scale}/persona/scan_steps.csv",
+    log:
+        "logs/{scale}/persona_scan_aggregate.log",
+    benchmark:
+        "benchmarks/{scale}/persona_scan_aggregate.tsv",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.persona.aggregate --runs {input.summaries} --out-runs {output.runs}"
+        " --out-steps {output.steps} > {log} 2>&1"
+
+
+rule persona_scan_report:
+    input:
+        scan_runs="results/{scale}/persona/scan_runs.csv",
+        selected=persona_scan_selected,
+        runs="results/{scale}/persona/runs.csv",
+    output:
+        table=figure_outputs("table_persona_scan", (".csv", ".md"), "persona"),
+        figure=figure_outputs("persona_scan", (".png", ".pdf"), "persona"),
+        summary="results/{scale}/persona/scan_summary.json",
+    log:
+        "logs/{scale}/persona_scan_report.log",
+    benchmark:
+        "benchmarks/{scale}/persona_scan_report.tsv",
+    params:
+        scale="{scale}",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.persona.scan_report --scan-runs {input.scan_runs} --selected {input.selected}"
+        " --runs {input.runs} --scale {params.scale} --table-prefix figures/{wildcards.scale}/table_persona_scan"
+        " --figure-prefix figures/{wildcards.scale}/persona_scan --summary {output.summary} > {log} 2>&1"
