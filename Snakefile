@@ -49,7 +49,8 @@
 #       results/<scale>/refusal/runs.csv (one row per model, arm incl. initial, seed);
 #       figures/<scale>/table_refusal.{csv,md}, table_refusal_top_ches.{csv,md}, refusal_rates.{png,pdf}
 #   figures/<scale>/summary.{csv,md}                       one row per claim of the papers (`snakemake summary`)
-#   figures/<scale>/table_runtime.{csv,md}                 wall time and peak RSS per rule and branch
+#   figures/<scale>/table_runtime.{csv,md}                 wall time and peak RSS per rule and branch (+ fixed cost)
+#   figures/<scale>/table_runtime_{projection,critical_path}.{csv,md}   the critical path, projected wall on 2/8/32 cores, packing loss
 #   logs/<scale>/<rule>/...log, benchmarks/<scale>/<rule>/...tsv   one log and one benchmark per job
 #   checkpoints/<scale>/<rule>/...                         resumable trainer checkpoints (removed when the job ends)
 #   report.html                                            `snakemake --report report.html` (captions: workflow/report/)

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.common import steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import atomic_path, read_jsonl, run_manifest, write_json
 from experiments.common.torchutil import (
@@ -247,7 +248,7 @@ def _callbacks():
             if loss is not None and not math.isfinite(float(loss)):
                 raise UserError(f"training loss is {loss} at step {state.global_step}; lower --lr or use fp32")
 
-    return [NanGuard()]
+    return [NanGuard(), steptimes.trainer_callback()]  # stamps the optimiser steps (experiments.runtime)
 
 
 def make_trainer(model, tokenizer, rows: list[dict], *, loss: str = "dpo", beta: float, lr: float,
@@ -393,6 +394,7 @@ def run(args) -> list[dict]:
             shutil.rmtree(work, ignore_errors=True)
         train_s = time.time() - t_train
         c1, r1 = measure(model, rows)
+        steptimes.last_step()  # the steps end with the "after" log-probs
         if not (torch.isfinite(c1).all() and torch.isfinite(r1).all()):
             raise UserError(f"ln π is not finite after training ({result['steps']} steps, seed {seed}); "
                             "lower --lr or use fp32")
@@ -424,7 +426,8 @@ def run(args) -> list[dict]:
             "seconds_per_step": round(train_s / max(result["steps"], 1), 3),
             "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if summaries else started,
                                      threads=args.threads, model=str(args.model), data=str(args.data),
-                                     scores=str(args.scores), seeds_in_process=list(args.seed)),
+                                     scores=str(args.scores), seeds_in_process=list(args.seed),
+                                     steps_wall=steptimes.record()),
         }
         write_json(out_dir / "summary.json", summary)
         log.info("%s q=%s seed=%d %s: n=%d steps=%d  Δ ln π(y+)=%.4f  Δ ln π(y−)=%.4f  loss %.4f -> %.4f "

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from experiments.common import checkpoint
+from experiments.common import checkpoint, steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import read_jsonl, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import autocast, resolve_device, resolve_precision, set_seed, set_threads
@@ -138,6 +138,7 @@ def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected
             return next_token_logprobs(model(input_ids=input_ids, logits_to_keep=1).logits)[0]
 
     state = ckpt.load() if ckpt is not None else None
+    steptimes.first_step()  # the steps: the reference pass and the loop
     rows, logps_cpu, theory, start = [], [], {}, 0
     if state is None:
         with torch.no_grad():
@@ -175,6 +176,7 @@ def train_single_prompt(model, input_ids: torch.Tensor, chosen_id: int, rejected
             if ckpt is not None and ckpt.due(step + 1) and 1 < step + 1 < steps:  # after the step-1 theory check
                 ckpt.save(step + 1, {"model": model.state_dict(), "optim": optimizer.state_dict(), "logp_ref": logp_ref,
                                      "rows": rows, "logps": logps_cpu, "theory": theory, "step": step + 1})
+    steptimes.last_step()
     hook.remove()
     return rows, logps_cpu, theory
 
@@ -285,7 +287,8 @@ def main(argv=None):
     out = Path(args.out_dir)
     write_json(out / "config.json", vars(args) | {"precision_resolved": precision, "prompt": record["question"]})
     write_jsonl(out / "metrics.jsonl", rows)
-    write_json(out / "manifest.json", run_manifest(seed=args.seed, device=str(device), started=started))
+    write_json(out / "manifest.json", run_manifest(seed=args.seed, device=str(device), started=started,
+                                                   steps_wall=steptimes.record()))
     write_json(out / "summary.json", summary)  # last: its presence marks a finished run
     checkpoint.finished(args.checkpoint_dir)
     log.info("π(y+) start %.3f, peak %.3f (step %d), trough %.3f (step %d), end %.3f; top risers %s",

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from experiments.common import checkpoint
+from experiments.common import checkpoint, steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import (
     atomic_dir,
@@ -161,7 +161,9 @@ def run_pair_recipe(args, model, tok, records, device, precision, started) -> No
         optim.step()
         return {"loss": loss_sum}
 
+    steptimes.first_step()
     rows, stop = train_until_target(update, evaluate, args.stop_at, args.max_steps)
+    steptimes.last_step()
     record = {"recipe": "pair", "target": args.target, "prompts_with_amb": args.prompts_with_amb,
               "trained_prompt_ids": sorted(trained), "heldout_prompt_ids": [r["id"] for r in heldout], **stop}
     with atomic_dir(args.out_dir) as tmp:
@@ -174,7 +176,8 @@ def run_pair_recipe(args, model, tok, records, device, precision, started) -> No
         "n_train_prompts": len(train), "n_heldout_prompts": len(heldout), "n_prompts_trained_on": len(trained),
         "dpo_prompts_held_out": True,
         "note": "DPO prompts are drawn from the held-out prompts: never seen in SFT",
-        "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started,
+                                 steps_wall=steptimes.record()),
     })
     log.info("pair SFT on %r (prompts with amb %s): %s after %d steps, held-out π(y+) %.3f -> %.3f",
              args.target, args.prompts_with_amb, "reached" if stop["reached"] else "cap hit, not reached",
@@ -259,6 +262,7 @@ def main(argv=None):
     n_steps = args.epochs * -(-len(records) // args.batch_size)
     ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir, args.save_steps or checkpoint.auto_save_steps(n_steps))
     state = ckpt.load()
+    steptimes.first_step()  # the steps: the probe before, the loop, the probe after
     if state is None:
         before, start_epoch, start_s, order = probe(), 0, 0, None
     else:  # continue where the killed run saved: same weights, optimizer, data order and RNG
@@ -300,6 +304,7 @@ def main(argv=None):
                                  "next_s": s + args.batch_size, "order": order})
     bar.close()
     after = probe()
+    steptimes.last_step()
 
     with atomic_dir(args.out_dir) as tmp:
         model.save_pretrained(tmp)  # safetensors
@@ -312,7 +317,8 @@ def main(argv=None):
                  "is seen in SFT when its id is in persona_sft.json (each run's summary says)"),
         "steps": step, "final_loss": rows[-1]["loss"], "precision": precision,
         "answer_probs_before": before, "answer_probs_after": after,
-        "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started,
+                                 steps_wall=steptimes.record()),
     })
     checkpoint.finished(args.checkpoint_dir)
     log.info("SFT done: %d steps, final loss %.4f; mean π after SFT %s", step, rows[-1]["loss"],

@@ -426,7 +426,7 @@ def run(args) -> list[dict]:
             r["ref_chosen_logps"], r["ref_rejected_logps"] = a, b
         log.info("%s: %d training pairs, mean ln π(y+) before %.4f", arm, len(base_rows), float(c0_all.mean()))
 
-    from experiments.common import checkpoint
+    from experiments.common import checkpoint, steptimes
 
     cache = checkpoint.SeedCache(args.checkpoint_dir)
     summaries, fresh = [], True  # fresh: the loaded model has not been trained yet
@@ -492,7 +492,9 @@ def run(args) -> list[dict]:
                      len(rows), summary["steps"], summary["delta_logp_chosen"], summary["delta_logp_rejected"],
                      losses[0], losses[-1])
         t_eval = time.time()
+        steptimes.first_step()  # an eval-only arm's steps start here (a trained one's at its first optimiser step)
         ev = evaluate(model, tokenizer, prompts, judge, seed=seed, **gen)
+        steptimes.last_step()
         summary.update({
             "refusal_rate_train": ev["rates"]["train"], "refusal_rate_test": ev["rates"]["test"],
             "n_prompts_train": len(prompts["train"]), "n_prompts_test": len(prompts["test"]),
@@ -502,7 +504,7 @@ def run(args) -> list[dict]:
             "manifest": run_manifest(seed=seed, device=str(device), started=seed_started if summaries else started,
                                      threads=args.threads, model=str(args.model), pairs=str(args.pairs),
                                      gold_pairs=args.gold_pairs, ches_scores=args.ches_scores,
-                                     seeds_in_process=list(args.seed)),
+                                     seeds_in_process=list(args.seed), steps_wall=steptimes.record()),
         })
         write_jsonl(out_dir / "responses.jsonl", ev["rows"])
         write_json(out_dir / "summary.json", summary)

@@ -77,6 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import (
     read_jsonl,
@@ -484,6 +485,7 @@ def cmd_sample_pairs(args) -> dict:
     set_seed(args.seed)
     scorer, judge_name = make_scorer(args.judge, args.judge_model, args.judge_template, args.judge_batch_size)
     model, tokenizer, device, precision = _load_policy(args.model, args.device, args.precision, args.threads)
+    steptimes.first_step()  # the steps: sampling and judging (experiments.runtime: fixed cost)
     responses, gen = sample_responses(model, tokenizer, selected, k=2, max_new_tokens=args.max_new_tokens,
                                       max_prompt_tokens=args.max_prompt_tokens, batch_inputs=args.batch_inputs,
                                       seed=args.seed, precision=precision, desc="sample-pairs")
@@ -501,6 +503,7 @@ def cmd_sample_pairs(args) -> dict:
         tie, tie_name = pairrm_tie_break(samples, rm.compare, args.seed), f"pairrm({args.reward_model})"
         _free(rm.model)
     pair_rows = build_pairs(samples, args.seed, tie)
+    steptimes.last_step()
     write_jsonl(args.out_samples, samples)
     write_jsonl(args.out_pairs, pair_rows)
 
@@ -515,7 +518,7 @@ def cmd_sample_pairs(args) -> dict:
         "judge": judge_name, "tie_break": tie_name, "sampling": _sampling_settings(args, precision, 2),
         **gen, "judge_s": round(judge_s, 3),
         "tokens_per_s": round(gen["generated_tokens"] / max(gen["generate_s"], 1e-9), 1),
-        "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started, steps_wall=steptimes.record()),
     }
     summary = _finite(summary)
     write_json(args.out_summary, summary)
@@ -553,6 +556,7 @@ def cmd_gold_pairs(args) -> dict:
     set_seed(args.seed)
     scorer, judge_name = make_scorer(args.judge, args.judge_model, args.judge_template, args.judge_batch_size)
     model, tokenizer, device, precision = _load_policy(args.base_model, args.device, args.precision, args.threads)
+    steptimes.first_step()
     responses, gen = sample_responses(model, tokenizer, aligned, k=args.k, max_new_tokens=args.max_new_tokens,
                                       max_prompt_tokens=args.max_prompt_tokens, batch_inputs=args.batch_inputs,
                                       seed=args.seed, precision=precision, desc="gold-pairs (base model)")
@@ -564,6 +568,7 @@ def cmd_gold_pairs(args) -> dict:
              + [(t, float(s), "base") for t, s in zip(outs, sc, strict=True)]
              for r, outs, sc in zip(aligned, responses, scores, strict=True)]
     rows, info = build_gold_pairs(aligned, pools, args.seed)
+    steptimes.last_step()
     write_jsonl(args.out_pairs, rows)
     if not rows:
         log.warning("no prompt has both a refusal and a compliance: the gold-pair file is empty")
@@ -578,7 +583,7 @@ def cmd_gold_pairs(args) -> dict:
         "refusal_rate_base": _refusal_rate(scores.ravel()), "judge": judge_name,
         "sampling": _sampling_settings(args, precision, args.k), **gen, "judge_s": round(judge_s, 3),
         "tokens_per_s": round(gen["generated_tokens"] / max(gen["generate_s"], 1e-9), 1),
-        "manifest": run_manifest(seed=args.seed, device=str(device), started=started),
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started, steps_wall=steptimes.record()),
     })
     write_json(args.out_summary, summary)
     log.info("wrote %d gold pairs to %s; dropped %d prompts (%d without a refusal, %d without a compliance); "

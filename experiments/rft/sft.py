@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import (
     atomic_dir,
@@ -206,6 +207,7 @@ def make_trainer(model, tokenizer, rows: list[dict], *, encoder_decoder: bool, m
     if save_steps > 0:
         common.update(checkpoint.trainer_args(work_dir, save_steps))
     callbacks = _callbacks(max_steps) + [c for c in [checkpoint.kill_after_save_callback()] if c]
+    callbacks.append(steptimes.trainer_callback())  # the optimiser steps' wall clock (experiments.runtime)
     if encoder_decoder:
         from transformers import (
             DataCollatorForSeq2Seq,
@@ -412,6 +414,7 @@ def run(args) -> dict:
         "train_top_layers": args.train_top_layers, "trainable_params": n_trainable,
     }
     summary["manifest"] = run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads,
+                                       steps_wall=steptimes.record(),
                                        model=str(source), data=str(data))
     save_model(model, source, out_dir / "model", summary)
     write_csv(pd.DataFrame(history, columns=LOG_COLUMNS), out_dir / "train_log.csv", float_format=None)

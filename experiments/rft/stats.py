@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from experiments.common import steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import read_jsonl, run_manifest, write_csv, write_json, write_jsonl
 
@@ -208,12 +209,14 @@ def main(argv=None):
     model = load_generator(args.model, device)
     reward = make_reward(args.reward, **reward_kwargs)
 
+    steptimes.first_step()  # the steps: sampling and scoring
     res = reward_table(model, tokenizer, chosen, reward, samples=args.samples, gen_kwargs=gen_kwargs,
                        prompt_format=args.prompt_format, max_prompt_tokens=args.max_prompt_tokens,
                        batch_inputs=args.batch_inputs, seed=args.seed, task=task, keep_samples=bool(args.samples_out),
                        precision=precision)
     rows, sample_rows, truncated, n_tokens = res["rows"], res["samples"], res["truncated"], res["tokens"]
     t_gen, t_score = res["generate_s"], res["score_s"]
+    steptimes.last_step()
     import pandas as pd
 
     write_csv(pd.DataFrame(rows), args.out)
@@ -227,7 +230,8 @@ def main(argv=None):
                "std_p10": float(df["std"].quantile(0.1)), "generated_tokens": n_tokens,
                "generate_s": round(t_gen, 2), "score_s": round(t_score, 2),
                "tokens_per_s": round(n_tokens / max(t_gen, 1e-9), 1),
-               "manifest": run_manifest(seed=args.seed, device=str(device), started=started)}
+               "manifest": run_manifest(seed=args.seed, device=str(device), started=started,
+                                        steps_wall=steptimes.record())}
     if args.summary:
         write_json(args.summary, summary)
     log.info("%s: %d inputs x %d samples, mean reward %.3f, median std %.3f, %d prompts truncated, "

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.common import steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import read_jsonl, run_manifest, write_csv, write_json
 
@@ -271,6 +272,7 @@ def run(args) -> dict:
         ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir,
                                          args.save_iterations or checkpoint.auto_save_steps(args.iterations))
         state = ckpt.load()
+    steptimes.first_step()  # the steps: the evaluation before, the iterations, the evaluation after
     before = None
     if state is not None:
         before = state["before"]  # evaluated before the killed run trained; the model has moved since
@@ -316,6 +318,7 @@ def run(args) -> dict:
                 raise UserError(f"iteration {r['iteration']}: {k} is {v}; lower --lr")
 
     after, res_after = evaluate(model, tokenizer, eval_records, reward, args, eval_kwargs, "after", precision)
+    steptimes.last_step()
     import pandas as pd
 
     write_csv(pd.DataFrame(rows, columns=DIAGNOSTICS), out / "diagnostics.csv")
@@ -341,7 +344,8 @@ def run(args) -> dict:
         "train_seconds": round(train_s, 1),
         "eval_tokens_per_s": round(res_after["tokens"] / max(res_after["generate_s"], 1e-9), 1),
         "precision": precision, "train_top_layers": args.train_top_layers, "critic": args.critic,
-        "manifest": run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads),
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started, threads=args.threads,
+                                 steps_wall=steptimes.record()),
     }
     write_json(out / "summary.json", summary)
     checkpoint.finished(args.checkpoint_dir)

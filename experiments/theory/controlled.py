@@ -100,7 +100,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from experiments.common import checkpoint
+from experiments.common import checkpoint, steptimes
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import atomic_path, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import resolve_device, set_seed, set_threads
@@ -669,6 +669,7 @@ def pretrain(args) -> None:
              arch, args.dataset, len(y), len(y_te), n_classes, args.k, device, args.optimizer, args.lr)
     ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir, checkpoint.auto_save_steps(args.epochs))
     rows, start = _resume(ckpt, model, optim, gen)
+    steptimes.first_step()  # the steps: the probes and the epochs (experiments.runtime: fixed cost)
     if not rows:
         rows = [probe(0)]
     for epoch in tqdm(range(start, args.epochs + 1), desc="pretrain", mininterval=5, initial=start - 1,
@@ -682,6 +683,7 @@ def pretrain(args) -> None:
         if epoch % args.log_every == 0 or epoch == args.epochs:
             rows.append(probe(epoch))
         _save(ckpt, epoch, args.epochs, model, optim, gen, rows)
+    steptimes.last_step()
     config = {"dataset": args.dataset, "data_seed": data_seed, "test_frac": args.test_frac,
               "n_train": n_train, "n_test": n_test, "n_train_rows": len(y), "n_test_rows": len(y_te),
               "data_sha256": data.fingerprint, "k": args.k, "n_classes": n_classes, **arch_config,
@@ -694,7 +696,8 @@ def pretrain(args) -> None:
         write_jsonl(args.metrics, rows)
     if args.summary:
         write_json(args.summary, {"final": rows[-1], "config": config,
-                                  "manifest": run_manifest(seed=args.seed, device=str(device), started=started)})
+                                  "manifest": run_manifest(seed=args.seed, device=str(device), started=started,
+                                                           steps_wall=steptimes.record())})
     checkpoint.finished(args.checkpoint_dir)
     log.info("pretrained %d epochs: loss %.4f (min ln K = %.4f), mass outside the K-set mean %.2e max %.2e, "
              "test accuracy %.3f", args.epochs, rows[-1]["loss"], np.log(args.k), rows[-1]["mass_outside_mean"],
@@ -756,6 +759,7 @@ def finetune(args) -> None:
 
     ckpt = checkpoint.LoopCheckpoint(args.checkpoint_dir, checkpoint.auto_save_steps(args.epochs))
     rows, start = _resume(ckpt, model, optim, gen)
+    steptimes.first_step()
     if not rows:
         rows = log_step(0)
     bar = tqdm(range(start, args.epochs + 1), desc=f"finetune {args.method}", mininterval=5, initial=start - 1,
@@ -779,6 +783,7 @@ def finetune(args) -> None:
             rows += log_step(epoch)
         _save(ckpt, epoch, args.epochs, model, optim, gen, rows)
     bar.close()
+    steptimes.last_step()
 
     out = Path(args.out_dir)
     final = {r["group"]: {k: v for k, v in r.items() if k != "group"} for r in rows[-2:]}
@@ -792,7 +797,7 @@ def finetune(args) -> None:
     write_json(out / "summary.json", {
         "method": args.method, "reward": args.reward, "initial": initial, "final": final,
         "test_accuracy": _accuracy(model, X_te, y_te),
-        "manifest": run_manifest(seed=args.seed, device=str(device), started=started)})
+        "manifest": run_manifest(seed=args.seed, device=str(device), started=started, steps_wall=steptimes.record())})
     write_json(out / "config.json", config)
     checkpoint.finished(args.checkpoint_dir)
     log.info("%s (%s), %d epochs: modified reward %.3f acc %.3f |grad| %.2e; unmodified reward %.3f acc %.3f",
