@@ -257,10 +257,15 @@ def finding2(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
         all_gain = t_interval(seeds["rft"])
         head = f"{task}: RFT gain {all_gain.fmt()} over {len(g)} inputs"
         if len(seeds) < 2:   # the contrasts for the reader, but one seed decides nothing
+            def mean_txt(x):
+                return f"{x.mean():+.3f}" if len(x) else "no input"
+
             for name, mask in sets.items():
-                head += (f"; {name} ({int(mask.sum())} inputs): gain {g.loc[mask, 'rft_gain'].mean():+.3f} vs "
-                         f"{g.loc[~mask, 'rft_gain'].mean():+.3f} for the rest")
-            texts.append(head + f"; Spearman(std, gain) {_spearman(g['std0'].to_numpy(), g['rft_gain'].to_numpy()):+.2f}")
+                head += (f"; {name} ({int(mask.sum())} inputs): gain {mean_txt(g.loc[mask, 'rft_gain'])} vs "
+                         f"{mean_txt(g.loc[~mask, 'rft_gain'])} for the rest")
+            rho = _spearman(g["std0"].to_numpy(), g["rft_gain"].to_numpy())
+            texts.append(head + (f"; Spearman(std, gain) {rho:+.2f}" if math.isfinite(rho) else
+                                 "; Spearman(std, gain) undefined (a constant axis)"))
             verdicts[task] = INCONCLUSIVE
             whys.append(f"{task}: 1 seed, no interval")
             continue
