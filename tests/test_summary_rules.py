@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -493,3 +494,25 @@ def test_ches_pairs_bootstrap_keeps_a_clear_ordering(tmp_path):
     iv = p2.ches_intervals(pd.read_csv(tmp_path / "ches" / "runs.csv"),
                            pairs=pd.read_csv(tmp_path / "ches" / "pairs.csv"))["ches"]
     assert iv.ok and iv.hi < -0.5
+
+
+def test_readme_summary_block_is_the_committed_tiny_summary():
+    """The README's tiny summary is generated (python -m experiments.summary --readme README.md), never
+    typed: it must equal figures/tiny/summary.md."""
+    from experiments.summary import readme_block
+
+    root = Path(__file__).resolve().parents[1]
+    block = readme_block((root / "README.md").read_text(encoding="utf-8"), "tiny")
+    assert block == (root / "figures" / "tiny" / "summary.md").read_text(encoding="utf-8")
+
+
+def test_sync_readme_replaces_only_the_block(tmp_path):
+    from experiments.summary import readme_block, sync_readme
+
+    f = tmp_path / "README.md"
+    f.write_text("intro\n<!-- summary:tiny -->\nold\n<!-- /summary:tiny -->\nafter\n")
+    sync_readme(f, "| a |\n|---|\n", "tiny")
+    assert f.read_text() == "intro\n<!-- summary:tiny -->\n| a |\n|---|\n<!-- /summary:tiny -->\nafter\n"
+    assert readme_block(f.read_text(), "tiny") == "| a |\n|---|\n"
+    with pytest.raises(UserError):
+        readme_block("no block", "tiny")

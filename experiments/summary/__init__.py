@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.common.cli import main_guard
-from experiments.common.io import write_table
+from experiments.common.cli import UserError, main_guard
+from experiments.common.io import write_table, write_text
 from experiments.summary import p1, p2
 from experiments.summary.intervals import NOT_RUN, VERDICTS
 
@@ -86,6 +86,23 @@ def summary_table(results: Path, scale: str, threshold: float = 0.05) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def readme_block(readme: str, scale: str) -> str:
+    """The text between ``<!-- summary:<scale> -->`` and ``<!-- /summary:<scale> -->`` in a README."""
+    start, end = f"<!-- summary:{scale} -->\n", f"<!-- /summary:{scale} -->"
+    if start not in readme or end not in readme:
+        raise UserError(f"the README has no {start.strip()} … {end} block")
+    return readme.split(start, 1)[1].split(end, 1)[0]
+
+
+def sync_readme(path: Path, table_md: str, scale: str) -> None:
+    """Replace the README's summary block with ``table_md`` (the summary's Markdown table)."""
+    text = path.read_text(encoding="utf-8")
+    old = readme_block(text, scale)
+    start = f"<!-- summary:{scale} -->\n"
+    text = text.replace(start + old, start + table_md.rstrip("\n") + "\n", 1)
+    write_text(path, text)
+
+
 @main_guard
 def main(argv=None):
     p = argparse.ArgumentParser(description="one row per claim of the two papers: theirs, ours, and the verdict")
@@ -93,9 +110,13 @@ def main(argv=None):
     p.add_argument("--results", default=None, help="default results/<scale>")
     p.add_argument("--small-std-threshold", type=float, default=0.05, help="rft.small_std_threshold")
     p.add_argument("--out", default=None, help="output prefix (default figures/<scale>/summary -> .csv and .md)")
+    p.add_argument("--readme", default=None, help="also rewrite this README's <!-- summary:<scale> --> block")
     args = p.parse_args(argv)
     results = Path(args.results or f"results/{args.scale}")
     table = summary_table(results, args.scale, args.small_std_threshold)
-    write_table(table, Path(args.out or f"figures/{args.scale}/summary"))
+    prefix = Path(args.out or f"figures/{args.scale}/summary")
+    write_table(table, prefix)
+    if args.readme:
+        sync_readme(Path(args.readme), Path(f"{prefix}.md").read_text(encoding="utf-8"), args.scale)
     print(table.to_markdown(index=False))
     return table
