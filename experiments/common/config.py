@@ -214,8 +214,9 @@ def cross_field_problems(config: dict) -> list[str]:
     grid = ft["cheap_sft"]
     for d, st in grid.get("cells") or []:
         if d not in grid["data_frac"] or st not in grid["steps_frac"]:
-            out.append(f"rft.finetune.cheap_sft.cells: [{d:g}, {st:g}] is not in the grid data_frac {grid['data_frac']} "
-                       f"x steps_frac {grid['steps_frac']}: add the values there (the figure's axes)")
+            out.append(f"rft.finetune.cheap_sft.cells: [{d:g}, {st:g}] is not in the grid data_frac "
+                       f"{grid['data_frac']} x steps_frac {grid['steps_frac']}: add the values there "
+                       "(the figure's axes)")
     evaluated = ft["eval"]["inputs"] or ft["train_inputs"]  # the first N of the pool (0: all of it)
     if ft["tasks"] and n_stats and not 0 < evaluated <= n_stats:
         out.append(f"rft.finetune.eval.inputs {evaluated or 'all'} exceeds rft.stats.n_inputs {n_stats}: Finding II "

@@ -140,7 +140,8 @@ def ches(res, **_) -> tuple[str, str, str]:
     parts, texts = {}, []
     for key, g in runs.groupby(["model", "dataset", "loss"]):
         name = "/".join(key)
-        sub = None if pairs is None else pairs[(pairs.model == key[0]) & (pairs.dataset == key[1]) & (pairs.loss == key[2])]
+        sub = None if pairs is None else pairs[(pairs.model == key[0]) & (pairs.dataset == key[1])
+                                               & (pairs.loss == key[2])]
         ivs = ches_intervals(g, pairs=sub)
         if "ches" not in ivs:
             parts[f"{name} CHES"] = NOT_TESTABLE
