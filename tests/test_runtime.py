@@ -122,11 +122,16 @@ def _finish(t, rule, jobid):
     return f"[{t}]\nFinished jobid: {jobid} (Rule: {rule})\n1 of 2 steps (50%) done\n"
 
 
-def test_packing_loss_from_snakemake_logs_equals_the_hand_computation(tmp_path):
+def _log_dir(tmp_path):
+    """The hand-made DAG, a benchmark path per rule, and the run's empty Snakemake log folder."""
     _dag(tmp_path)
-    b = lambda n: f"benchmarks/tiny/{n}/x.tsv"  # noqa: E731
     log = tmp_path / "run/.snakemake/log"
     log.mkdir(parents=True)
+    return (lambda n: f"benchmarks/tiny/{n}/x.tsv"), log
+
+
+def test_packing_loss_from_snakemake_logs_equals_the_hand_computation(tmp_path):
+    b, log = _log_dir(tmp_path)
     # invocation 1 (2 cores): a 0-10, e 0-40 side by side, b 10-42, c 42-62 (the 2-thread job), d 62-70
     (log / "2026-12-01T100000.000000.snakemake.log").write_text(
         _LOG_HEAD.format(cores=2)
@@ -147,10 +152,7 @@ def test_packing_loss_from_snakemake_logs_equals_the_hand_computation(tmp_path):
 
 
 def test_packing_over_two_invocations_leaves_out_the_gap_and_counts_a_failed_job(tmp_path):
-    _dag(tmp_path)
-    b = lambda n: f"benchmarks/tiny/{n}/x.tsv"  # noqa: E731
-    log = tmp_path / "run/.snakemake/log"
-    log.mkdir(parents=True)
+    b, log = _log_dir(tmp_path)
     (log / "2026-12-01T100000.000000.snakemake.log").write_text(  # a, e; a failed run of b (8 s)
         _LOG_HEAD.format(cores=2)
         + _start("Tue Dec  1 10:00:00 2026", "ra", 1, b("ra")) + _start("Tue Dec  1 10:00:00 2026", "re", 5, b("re"))
@@ -282,10 +284,7 @@ def test_snakemake_dag_of_this_workflow():
 
 
 def test_without_a_snakemake_dag_the_graph_comes_from_the_logs(tmp_path, capsys):
-    _dag(tmp_path)
-    b = lambda n: f"benchmarks/tiny/{n}/x.tsv"  # noqa: E731
-    log = tmp_path / "run/.snakemake/log"
-    log.mkdir(parents=True)
+    b, log = _log_dir(tmp_path)
     (log / "2026-12-01T100000.000000.snakemake.log").write_text(  # a -> b -> d, c alone: the logs' file links
         _LOG_HEAD.format(cores=1)
         + _start("Tue Dec  1 10:00:00 2026", "ra", 1, b("ra"), outputs=["a.out"])
