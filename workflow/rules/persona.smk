@@ -234,6 +234,11 @@ rule persona_scan_dpo:
         meanings=json.dumps(PERSONA["meanings"]),
         opposites=json.dumps(PERSONA["opposites"]),
         device=config["device"],
+        ckpt=lambda w: (  # resumable as persona_dpo is
+            f"--checkpoint-dir checkpoints/{w.scale}/persona_scan_dpo/{w.model}/{w.pair}/seed~{w.seed}"
+            f" --save-steps {PERSONA['checkpoint_steps']}"
+            if PERSONA["checkpoint_steps"] else ""
+        ),
     threads: 1
     resources:
         mem_mb=4000,
@@ -248,7 +253,7 @@ rule persona_scan_dpo:
         " --steps {params.setting[steps]} --seed {wildcards.seed} --prompt-format {params.prompt_format}"
         " --top-k {params.top_k} --meanings {params.meanings:q} --opposites {params.opposites:q}"
         " --precision {params.precision} --device {params.device} --threads {threads}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} {params.ckpt} > {log} 2>&1"
 
 
 rule persona_scan_aggregate:
