@@ -205,7 +205,7 @@ def bench_ppo(root: Path, cfg: dict, quick: bool) -> list[dict]:
     from experiments.models.load import load_generator, load_tokenizer
     from experiments.rft.rewards import make_reward
     from experiments.rft.stats import _gen_kwargs, select_inputs
-    from experiments.rft.train import build_parser, train_ppo
+    from experiments.rft.train import build_parser, pool_draws, train_ppo
 
     ft = cfg["rft"]["finetune"]
     name = ft["tasks"][0]
@@ -231,7 +231,8 @@ def bench_ppo(root: Path, cfg: dict, quick: bool) -> list[dict]:
     model = load_generator(model_dir, device)
     pool = select_inputs([r for r in read_jsonl(data) if r["split"] == "train"], ft["train_inputs"], 7)
     rows = train_ppo(model, tok, pool, make_reward(task["reward"]), args, _gen_kwargs(json.dumps(task["gen_kwargs"])),
-                     prec, device, on_iter=lambda row: None)
+                     prec, device, on_iter=lambda row: None,
+                     draws=pool_draws(len(pool), args.inputs_per_iter, args.iterations, args.seed))
     last = rows[-1]["split_s"]  # the last iteration: no first-call warm-up inside it
     total = sum(last.values())
     labels = {"generate": "sampling (generate)", "score": f"reward scoring ({task['reward']})",

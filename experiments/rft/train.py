@@ -123,7 +123,7 @@ def rollout(ac, ref_lm, tokenizer, records, reward, *, samples: int, gen_kwargs:
             "tokens": int(rmask.sum()), "seconds": seconds}
 
 
-def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter, ckpt=None,
+def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter, draws, ckpt=None,
               state: dict | None = None, extra_state: dict | None = None) -> list[dict]:
     """PPO for ``args.iterations`` iterations; returns one diagnostics row per iteration.
 
@@ -161,7 +161,6 @@ def train_ppo(lm, tokenizer, pool, reward, args, gen_kwargs, precision, device, 
         gen.set_state(state["gen"])
         rows, start = list(state["rows"]), state["iteration"]
         log.info("PPO: resuming at iteration %d of %d", start + 1, args.iterations)
-    draws = pool_draws(len(pool), args.inputs_per_iter, args.iterations, args.seed)
     for it in range(start, args.iterations):
         t0 = time.time()
         pick = draws[it]
@@ -289,7 +288,8 @@ def run(args) -> dict:
 
     t_train = time.time()
     if args.algorithm == "ppo":
-        rows = train_ppo(model, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter,
+        draws = pool_draws(len(pool), args.inputs_per_iter, args.iterations, args.seed)
+        rows = train_ppo(model, tokenizer, pool, reward, args, gen_kwargs, precision, device, on_iter, draws,
                          ckpt=ckpt, state=state, extra_state={"before": before})
     else:
         from experiments.rft.trl_rft import train_trl
@@ -337,7 +337,7 @@ def run(args) -> dict:
         "samples_per_input": args.samples_per_input, "lr": args.lr, "kl_coef": args.kl_coef,
         "target_kl": args.target_kl, "ent_coef": args.ent_coef, "gen_kwargs": gen_kwargs,
         "train_inputs": len(pool), "eval_inputs": len(eval_records), "eval_samples": args.eval_samples,
-        **(_visits(pool, eval_records, args) if args.algorithm == "ppo" else {}),
+        **(_visits(draws, len(pool), len(eval_records)) if args.algorithm == "ppo" else {}),
         "reward_before": float(np.mean([m for m, _ in before.values()])) if before else None,
         "reward_after": float(np.mean([m for m, _ in after.values()])),
         "train_reward_first": rows[0]["mean_reward"], "train_reward_last": rows[-1]["mean_reward"],
@@ -355,14 +355,11 @@ def run(args) -> dict:
     return summary
 
 
-def _visits(pool, eval_records, args) -> dict:
-    """How often PPO trained on each input: over the pool and over the evaluated inputs (Finding II
-    needs every evaluated input trained on, several times)."""
-    counts = np.bincount(np.concatenate([np.asarray(d, dtype=int) for d in
-                                         pool_draws(len(pool), args.inputs_per_iter, args.iterations, args.seed)]),
-                         minlength=len(pool))
-    ids = {r["id"]: i for i, r in enumerate(pool)}
-    ev = np.asarray([counts[ids[r["id"]]] for r in eval_records])
+def _visits(draws: list[list[int]], n_pool: int, n_eval: int) -> dict:
+    """How often PPO trained on each input (``draws``: :func:`pool_draws`): over the pool and over the
+    evaluated inputs, the pool's first ``n_eval`` (Finding II needs every one trained, several times)."""
+    counts = np.bincount(np.asarray([i for d in draws for i in d], dtype=int), minlength=n_pool)
+    ev = counts[:n_eval]
     return {"visits_pool_min": int(counts.min()), "visits_pool_max": int(counts.max()),
             "visits_eval_min": int(ev.min()), "visits_eval_max": int(ev.max()),
             "eval_inputs_trained": int((ev > 0).sum())}
