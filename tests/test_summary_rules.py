@@ -325,8 +325,9 @@ def test_finding2_std_axis_is_the_reward_statistics_not_the_evaluation(tmp_path)
     _rft_design(tmp_path, stats_std=lambda s: 0.21 - s)
     ours, verdict, why = p1.finding2(tmp_path, threshold=0.05)
     assert verdict == NO, (ours, why)
-    _rft_design(tmp_path / "no_stats", stats_std=None)   # without statistics: the evaluation's std
-    assert p1.finding2(tmp_path / "no_stats", threshold=0.05)[1] == YES
+    _rft_design(tmp_path / "no_stats", stats_std=None)   # without statistics: never the evaluation's std
+    with pytest.raises(FileNotFoundError, match="reward_stats"):
+        p1.finding2(tmp_path / "no_stats", threshold=0.05)
 
 
 def test_finding2_every_evaluated_input_needs_statistics(tmp_path):

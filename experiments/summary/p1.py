@@ -195,17 +195,15 @@ def _spearman(x, y) -> float:
 
 def _rft(res: Path):
     """(runs, per_input, diagnostics) of every RFT run, with ``std0``: each evaluated input's reward std
-    under the pretrained model from the reward statistics (the independent 10-sample pass), when
-    ``reward_stats.csv`` exists; else ``std0`` is the run's own "before" std."""
+    under the pretrained model from the reward statistics (the independent 10-sample pass). Without
+    ``reward_stats.csv`` the rules do not run (never the run's own "before" std, which the gain shares)."""
     from experiments.rft.findings import attach_stats_std, collect
 
     dirs = sorted(str(p) for p in (res / "rft" / "runs").glob("*/*/*/seed~*") if (p / "summary.json").exists())
     if not dirs:
         raise FileNotFoundError(str(res / "rft" / "runs"))
     runs, per, diag = collect(dirs)
-    stats = res / "rft" / "reward_stats.csv"
-    per = attach_stats_std(per, pd.read_csv(stats)) if stats.exists() else per.assign(std0=per["std_before"])
-    return runs, per, diag
+    return runs, attach_stats_std(per, pd.read_csv(res / "rft" / "reward_stats.csv")), diag
 
 
 def _seed_gains(per: pd.DataFrame, task: str, threshold: float) -> pd.DataFrame:
