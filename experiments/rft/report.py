@@ -56,7 +56,7 @@ import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import read_json, save_figure, write_csv, write_text
-from experiments.summary.intervals import Interval, bootstrap_interval
+from experiments.summary.intervals import Interval, bootstrap_interval, spearman
 
 RUN_RE = re.compile(r"stats/(?P<task>[^/]+)/(?P<model>[^/]+)/?$")
 
@@ -141,8 +141,7 @@ def stats_table(df: pd.DataFrame, summaries: list[dict], threshold: float, scale
         small, corner = regions(g, threshold)
         iv_small, iv_corner = share_interval(small), share_interval(corner)
         mean, std = g["mean"].to_numpy(float), g["std"].to_numpy(float)
-        rho = (float(pd.Series(mean).corr(pd.Series(std), method="spearman"))
-               if np.ptp(mean) > 0 and np.ptp(std) > 0 else np.nan)
+        rho = spearman(mean, std)
         paper = PAPER_SHARES.get(task)
         paper_txt = (f"paper: {paper[0]:.1%} of inputs with small std ({paper[1]})" if paper else NOT_RETRIEVABLE)
         rows.append({

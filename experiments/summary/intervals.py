@@ -144,6 +144,14 @@ def wilson(k: float, n: float) -> Interval:
     return Interval(p, 0.0 if k <= 0 else min(lo, p), 1.0 if k >= n else max(hi, p), int(round(n)), "Wilson")
 
 
+def spearman(x, y) -> float:
+    """Spearman's rank correlation; NaN (undefined) when either variable is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(sps.spearmanr(x, y).statistic)
+
+
 def decide(iv: Interval, needed: float = 0.0) -> str:
     """``yes`` if ``lo > 0``, ``no`` if ``hi < needed``, else ``inconclusive`` (also without an interval)."""
     if not iv.ok:

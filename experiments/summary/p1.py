@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from experiments.summary.intervals import (
     HOLDS,
@@ -28,6 +27,7 @@ from experiments.summary.intervals import (
     combine,
     judge,
     parts_why,
+    spearman,
     t_interval,
 )
 
@@ -167,7 +167,7 @@ def finding1(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
                                                            f"every sample {total:.3g} < {threshold:g})")
             texts.append(f"{task}: reward std over all samples {total:.3g}")
             continue
-        rho = bootstrap_interval(lambda i: _spearman(mean[i], std[i]), n)
+        rho = bootstrap_interval(lambda i: spearman(mean[i], std[i]), n)
         share = bootstrap_interval(lambda i: float((std[i] < threshold).mean()) - 0.05, n)
         parts[f"{task} low-reward"] = judge(rho)
         parts[f"{task} many"] = judge(share)
@@ -185,12 +185,6 @@ def finding1(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
     verdict = (YES if YES in words else PARTLY if PARTLY in words else NO if words == {NO}
                else INCONCLUSIVE)
     return "; ".join(texts), verdict, parts_why(parts)
-
-
-def _spearman(x, y) -> float:
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(sps.spearmanr(x, y).statistic)
 
 
 def _rft(res: Path):
@@ -261,7 +255,7 @@ def finding2(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
             for name, mask in sets.items():
                 head += (f"; {name} ({int(mask.sum())} inputs): gain {mean_txt(g.loc[mask, 'rft_gain'])} vs "
                          f"{mean_txt(g.loc[~mask, 'rft_gain'])} for the rest")
-            rho = _spearman(g["std0"].to_numpy(), g["rft_gain"].to_numpy())
+            rho = spearman(g["std0"].to_numpy(), g["rft_gain"].to_numpy())
             texts.append(head + (f"; Spearman(std, gain) {rho:+.2f}" if math.isfinite(rho) else
                                  "; Spearman(std, gain) undefined (a constant axis)"))
             verdicts[task] = INCONCLUSIVE
@@ -278,7 +272,7 @@ def finding2(res: Path, threshold: float = 0.05, **_) -> tuple[str, str, str]:
             parts[name] = judge(iv) if iv.ok else (NOT_TESTABLE, iv.why)
             head += (f"; {name} ({int(mask.sum())} inputs, gain {g.loc[mask, 'rft_gain'].mean():+.3f}): "
                      f"rest − small {iv.fmt()}")
-        rho = bootstrap_interval(lambda i: _spearman(g["std0"].to_numpy()[i], g["rft_gain"].to_numpy()[i]), len(g))
+        rho = bootstrap_interval(lambda i: spearman(g["std0"].to_numpy()[i], g["rft_gain"].to_numpy()[i]), len(g))
         parts["Spearman(std, gain)"] = judge(rho)
         head += f"; Spearman(std, gain) {rho.fmt(2)}"
         texts.append(head)

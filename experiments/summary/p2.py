@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from experiments.summary.intervals import (
     INCONCLUSIVE,
@@ -19,6 +18,7 @@ from experiments.summary.intervals import (
     combine,
     judge,
     parts_why,
+    spearman,
     t_interval,
 )
 
@@ -60,12 +60,6 @@ def persona(res, **_) -> tuple[str, str, str]:
 
 
 # ------------------------------------------------------------------------------------ §5 CHES
-def _rho(q: np.ndarray, d: np.ndarray) -> float:
-    if np.ptp(q) == 0 or np.ptp(d) == 0:
-        return float("nan")
-    return float(sps.spearmanr(q, d).statistic)
-
-
 def ches_intervals(g: pd.DataFrame, resamples: int = 2000, seed: int = 0,
                    pairs: pd.DataFrame | None = None) -> dict[str, Interval]:
     """For one (model, dataset, loss): the Spearman(quantile, Δ ln π(y+)) of every measure over its
@@ -75,7 +69,7 @@ def ches_intervals(g: pd.DataFrame, resamples: int = 2000, seed: int = 0,
     covers which pairs a subset happened to hold as well as the optimiser's noise. Measures are
     resampled independently: their subsets differ."""
     by = {m: (x["quantile"].to_numpy(float), x["delta_logp_chosen"].to_numpy(float)) for m, x in g.groupby("measure")}
-    point = {m: _rho(q, d) for m, (q, d) in by.items()}
+    point = {m: spearman(q, d) for m, (q, d) in by.items()}
     seeds = int(g.groupby(["measure", "quantile"]).size().min())
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {m: [] for m in by}
@@ -99,10 +93,10 @@ def ches_intervals(g: pd.DataFrame, resamples: int = 2000, seed: int = 0,
                         cols = rng.integers(0, mat.shape[1], mat.shape[1])
                         ds.append(mat[np.ix_(rows, cols)].mean(axis=1))
                         qs.append(np.full(len(rows), v))
-                    draws[m].append(_rho(np.concatenate(qs), np.concatenate(ds)))
+                    draws[m].append(spearman(np.concatenate(qs), np.concatenate(ds)))
                 else:
                     idx = np.concatenate([s[rng.integers(0, len(s), len(s))] for s in strata[m]])
-                    draws[m].append(_rho(q[idx], d[idx]))
+                    draws[m].append(spearman(q[idx], d[idx]))
     out = {}
     kind = "bootstrap over seeds and pairs" if use_pairs else "bootstrap over seeds"
 
