@@ -258,3 +258,33 @@ def test_evaluate_counts_leave_out_unparsed_judge_outputs(monkeypatch):
     ev = arms.evaluate(None, None, prompts, lambda p, r: np.array([0.0, np.nan, 1.0, 0.5]), seed=0)
     assert ev["counts"] == {"train": (3, 1.5), "test": (0, 0.0)} and ev["unparsed"]["train"] == 1
     assert ev["rates"]["train"] == pytest.approx(1.5 / 3) and ev["rates"]["test"] is None
+
+
+def test_eval_subset_is_seeded_fixed_and_in_file_order():
+    from experiments.refusal.arms import subset_prompts
+
+    ps = [{"id": str(i), "prompt": f"p{i}"} for i in range(20)]
+    a = subset_prompts(ps, 8, seed=128)
+    assert len(a) == 8 and a == subset_prompts(ps, 8, seed=128)               # same for every arm
+    assert [int(p["id"]) for p in a] == sorted(int(p["id"]) for p in a)       # file order kept
+    assert a != subset_prompts(ps, 8, seed=1)
+    assert subset_prompts(ps, 0, seed=1) == ps and subset_prompts(ps, 50, seed=1) == ps
+
+
+def test_lr_rule_loss_is_ln2_at_the_start_and_picks_the_largest_that_fell(tmp_path):
+    import torch
+
+    from experiments.refusal.arms import read_lr_file
+    from experiments.refusal.lr_rule import choose, dpo_loss
+
+    c0, r0 = torch.tensor([-10.0, -12.0]), torch.tensor([-11.0, -9.0])
+    assert dpo_loss(c0, r0, c0, r0, 0.1) == pytest.approx(math.log(2))
+    # chosen up by 2, rejected down by 2 on both pairs: margin 0.1 * 4 = 0.4 -> softplus(-0.4)
+    assert dpo_loss(c0 + 2, r0 - 2, c0, r0, 0.1) == pytest.approx(math.log1p(math.exp(-0.4)))
+    tried = [{"lr": 1e-5, "fell": False}, {"lr": 5e-6, "fell": True}, {"lr": 1e-6, "fell": True}]
+    assert choose(tried) == 5e-6 and choose([{"lr": 1e-5, "fell": False}]) is None
+    (tmp_path / "lr.json").write_text('{"lr": 5e-06}')
+    assert read_lr_file(tmp_path / "lr.json") == 5e-6
+    (tmp_path / "none.json").write_text('{"lr": null, "tried": []}')
+    with pytest.raises(UserError, match="no learning rate passed the rule"):
+        read_lr_file(tmp_path / "none.json")

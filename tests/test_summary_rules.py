@@ -201,7 +201,15 @@ def _ches_pairs(res, pair_sd, slope=-1.0, n_pairs=6, seeds=(0, 1, 2), noise=0.05
     pd.DataFrame(pairs).to_csv(res / "ches" / "pairs.csv", index=False)
 
 
-def _refusal(res, initial, arms: dict[str, list[float]], initial_seeds=(0, 1, 2)):
+def _pairs_summary(res, rr=262, mixed=35, cc=73, model="m"):
+    counts = {"refusal/refusal": rr, "refusal/compliance": mixed, "compliance/compliance": cc}
+    (res / "refusal" / model).mkdir(parents=True, exist_ok=True)
+    comp = {"n": rr + mixed + cc, "counts": counts}
+    (res / "refusal" / model / "pairs_summary.json").write_text(json.dumps({"composition": {"train": comp}}))
+
+
+def _refusal(res, initial, arms: dict[str, list[float]], initial_seeds=(0, 1, 2), mix=(262, 35, 73)):
+    _pairs_summary(res, *mix)
     rows = [{"model": "m", "arm": "initial", "seed": s, "refusal_rate_train": initial[i],
              "refusal_rate_test": initial[i], "delta_logp_chosen": 0.0} for i, s in enumerate(initial_seeds)]
     for arm, rates in arms.items():
@@ -440,6 +448,20 @@ def test_refusal_two_refusal_arm_uses_the_same_rule(tmp_path):
     assert p2.refusal_rr(tmp_path)[1] == YES and p2.refusal_dpo(tmp_path)[1] == NO
     _refusal(tmp_path, [0.8, 0.82, 0.78], {"dpo": [0.9, 0.9, 0.9]})
     assert p2.refusal_rr(tmp_path)[1] == NOT_TESTABLE
+
+
+def test_refusal_rows_need_prompt_dependent_refusal(tmp_path):
+    # a coin-flip refusal model (28/54/18 %, what independent flips give) fails the 80 % agreement bar: the
+    # rows say not testable with the mix, even where the rates alone would give a verdict
+    for rule in (p2.refusal_dpo, p2.refusal_rr):
+        _refusal(tmp_path, [0.8, 0.82, 0.78], {"dpo": [0.5, 0.55, 0.52], "dpo_rr": [0.5, 0.55, 0.52]},
+                 mix=(28, 54, 18))
+        ours, verdict, why = rule(tmp_path)
+        assert verdict == NOT_TESTABLE and "agree on 46%" in why and "28% two-refusal" in why, (ours, why)
+    _refusal(tmp_path, [0.8, 0.82, 0.78], {"dpo": [0.5, 0.55, 0.52]}, mix=(70, 19, 11))   # 81 %: accepted
+    assert p2.refusal_dpo(tmp_path)[1] == YES
+    (tmp_path / "refusal" / "m" / "pairs_summary.json").unlink()                         # no mix: not judged
+    assert p2.refusal_dpo(tmp_path)[1] == NOT_TESTABLE
 
 
 @pytest.mark.parametrize("dpo, filtered, expected", [

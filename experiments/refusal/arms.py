@@ -139,6 +139,32 @@ def eval_prompts(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def subset_prompts(prompts: list[dict], n: int, seed: int) -> list[dict]:
+    """The first ``n`` of ``default_rng(seed).permutation`` of ``prompts``, kept in their order (0 or
+    ``n >= len``: all). The same ``n`` and ``seed`` give every arm and the initial model the same subset."""
+    if n <= 0 or n >= len(prompts):
+        return list(prompts)
+    keep = set(np.random.default_rng(seed).permutation(len(prompts))[:n].tolist())
+    return [p for i, p in enumerate(prompts) if i in keep]
+
+
+def read_lr_file(path: str | Path) -> float | None:
+    """The learning rate chosen by :mod:`experiments.refusal.lr_rule` (its JSON's ``lr``); None when
+    it had no pairs to choose on (the arm then has none to train on either)."""
+    import json
+
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        lr = obj["lr"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--lr-file {path}: expected the JSON of experiments.refusal.lr_rule with 'lr' ({e})") from None
+    if obj.get("no_pairs"):
+        return None
+    if not isinstance(lr, (int, float)) or not lr > 0:
+        raise UserError(f"--lr-file {path}: no learning rate passed the rule (lr = {lr!r}); see its 'tried' list")
+    return float(lr)
+
+
 def ches_filter(pairs: list[dict], scores: list[dict], fraction: float, measure: str = "ches_ln") -> list[dict]:
     """The pairs whose ``measure`` is among the lowest ``fraction`` (``ceil(fraction·N)``, at least 1;
     ties broken by the order of ``pairs``), returned in the order of ``pairs``. ``scores`` are the rows
@@ -320,6 +346,10 @@ def _check_args(args) -> None:
         raise UserError(f"--keep-fraction must be in (0, 1], got {args.keep_fraction}")
     if args.lr is not None and not args.lr > 0:
         raise UserError("--lr must be > 0")
+    if args.lr is not None and args.lr_file:
+        raise UserError("give --lr or --lr-file, not both")
+    if args.eval_train_prompts < 0:
+        raise UserError("--eval-train-prompts must be >= 0 (0 = every train prompt)")
     if not args.beta > 0:
         raise UserError("--beta must be > 0")
     for name in ("batch_size", "epochs", "eval_batch_inputs", "eval_max_new_tokens"):
@@ -376,15 +406,21 @@ def run(args) -> list[dict]:
     out_dirs = _out_dirs(args.out_dir, list(args.seed))
     pairs = read_pairs(args.pairs)
     prompts = eval_prompts(pairs)
+    n_train_prompts = len(prompts["train"])
+    prompts["train"] = subset_prompts(prompts["train"], args.eval_train_prompts, args.eval_subset_seed)
     if not prompts["train"]:
         raise UserError(f"--pairs {args.pairs} has no split == 'train' records")
     if not prompts["test"]:
         log.warning("--pairs %s has no split == 'test' records: refusal_rate_test will be null", args.pairs)
     train_pairs = [] if args.eval_only else select_training_pairs(args, pairs)
     skipped = not args.eval_only and not train_pairs
-    arm = "initial" if args.eval_only else args.arm
+    arm = "initial" if args.eval_only else (args.arm_name or args.arm)
     loss_type, loss_weights = (["sigmoid"], None) if args.eval_only else loss_config(args.arm, args.sft_coef)
-    lr = args.lr if args.lr is not None else DEFAULT_LR.get(args.arm or "dpo")
+    lr = (read_lr_file(args.lr_file) if args.lr_file else args.lr if args.lr is not None
+          else DEFAULT_LR.get(args.arm or "dpo"))
+    if lr is None and train_pairs:
+        raise UserError(f"--lr-file {args.lr_file} chose no lr (it saw no train pairs) but this arm has "
+                        f"{len(train_pairs)}: rerun experiments.refusal.lr_rule on the same pairs")
 
     set_threads(args.threads)
     try:
@@ -450,7 +486,9 @@ def run(args) -> list[dict]:
                    "loss_type": None if args.eval_only else loss_type, "loss_weights": loss_weights,
                    "batch_size": args.batch_size, "epochs": args.epochs, "precision": precision,
                    "prompt_format": fmt, "eos": not args.no_eos, "judge": args.judge,
-                   "keep_fraction": args.keep_fraction if arm == "ches_filtered" else None,
+                   "keep_fraction": args.keep_fraction if args.arm == "ches_filtered" else None,
+                   "lr_file": args.lr_file, "eval_train_prompts": args.eval_train_prompts,
+                   "eval_subset_seed": args.eval_subset_seed, "n_train_prompts_all": n_train_prompts,
                    "eval_generation": gen["gen_kwargs"]}
         if args.eval_only or skipped:
             summary.update({"delta_logp_chosen": 0.0 if args.eval_only else None,
@@ -532,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more seeds, trained one after another in this process")
     p.add_argument("--lr", type=float, default=None,
                    help=f"learning rate (default per arm: {DEFAULT_LR})")
+    p.add_argument("--lr-file", default=None,
+                   help="JSON of experiments.refusal.lr_rule: train at its chosen 'lr' (the paper's rule)")
+    p.add_argument("--arm-name", default=None,
+                   help="the arm's name in the summary (default --arm; e.g. ches_filtered_p15 for a second fraction)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--sft-coef", type=float, default=None, help="λ of the SFT term (--arm dpo_sft)")
     p.add_argument("--sft-norm", default="sequence",
@@ -549,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-top-p", type=float, default=1.0)
     p.add_argument("--eval-top-k", type=int, default=50, help="0 = no top-k filter")
     p.add_argument("--eval-batch-inputs", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--eval-train-prompts", type=int, default=0,
+                   help="evaluate a fixed random subset of this many train prompts (0 = all; every test prompt always)")
+    p.add_argument("--eval-subset-seed", type=int, default=0, help="seed of that subset (the same for every arm)")
     p.add_argument("--judge", default="rule", help="rule | sorry-bench")
     p.add_argument("--judge-model", help="SORRY-Bench judge folder or Hub id (--judge sorry-bench)")
     p.add_argument("--judge-template", help="judge prompt template file (--judge sorry-bench)")

@@ -2,23 +2,12 @@
 
 Three subcommands (``python -m experiments.refusal.build <cmd> ...``):
 
-``sft-data`` -- the refusal-SFT set that makes a small chat model *moderately* aligned (the paper's
-    models refuse 74-80 % of SORRY-Bench prompts before DPO). Task records ``{"id", "split": "train",
-    "prompt", "references": [answer], "kind", "source"}`` for :mod:`experiments.rft.sft` (run it with
-    ``--prompt-format chat``):
-
-    * harmful prompts (records of :mod:`experiments.refusal.prompts`) minus the ``--exclude`` ids (the
-      DPO/eval prompts) -> the first ``--n-harmful`` of ``default_rng(seed).permutation`` (0 = all);
-      ``round(refusal_frac * n)`` of them (the first ones of that permutation) get a refusal from
-      :data:`REFUSALS` (seeded choice), the rest are **left out**. A harmful prompt never gets a
-      compliance.
-    * benign prompts: UltraFeedback pairs ``{id, prompt, chosen, rejected}``
-      (:mod:`experiments.data.preferences`) minus the excluded ids -> the first ``--n-benign`` of a
-      seeded permutation; the answer is ``chosen`` cut by :func:`truncate_words` to
-      ``--max-answer-words`` words. A chosen answer that the rule judge calls a refusal is skipped (the
-      benign prompts are there to keep the model helpful), as is an empty one.
-    * the records are written in a seeded random order; ids ``<prompt id>`` (harmful) and
-      ``benign_<pair id>`` (benign).
+``sft-data`` -- the refusal-SFT set that makes a small chat model aligned, with a refusal that depends
+    on the prompt (:mod:`experiments.refusal.sft_data`: the recipes and the rule). Task records
+    ``{"id", "split": "train", "prompt", "references": [answer], "kind", "source"}`` for
+    :mod:`experiments.rft.sft` (run it with ``--prompt-format chat``); ``--harmful`` takes one or
+    more prompt files (their records are pooled, ids must not repeat) minus the ``--exclude`` ids
+    (the DPO/eval prompts).
 
 ``sample-pairs`` -- on-policy preference pairs (P2 §6): the first ``--n-prompts`` of a seeded
     permutation of the prompt file (0 = all; :func:`experiments.refusal.prompts.subsample`), split
@@ -70,7 +59,6 @@ import argparse
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,112 +77,9 @@ from experiments.common.io import (
 from experiments.refusal import judge as judge_mod
 from experiments.refusal import pairs as pairs_mod
 from experiments.refusal.prompts import PAPER_TEST_RATIO, split_train_test, subsample
+from experiments.refusal.sft_data import REFUSALS, sft_records, truncate_words, writing_request  # noqa: F401
 
 log = logging.getLogger("build_refusal_data")
-
-# --------------------------------------------------------------------------------------------------
-# Refusal-SFT data (pure)
-
-#: Our own refusal texts for the refusal SFT (every one is a refusal for the rule judge; a test checks).
-REFUSALS = (
-    "I can't help with that request.",
-    "I'm sorry, but I can't help with that.",
-    "I'm sorry, but I won't provide instructions for that.",
-    "I can't assist with this. It could cause real harm to people.",
-    "I won't help with that. If you're going through something difficult, I'm happy to talk about safer options.",
-    "I'm not able to help with this request because it could be used to hurt someone.",
-    "Sorry, but I can't provide that kind of information.",
-    "I cannot help with that. Is there something else I can do for you?",
-    "I'm unable to assist with that request.",
-    "I must decline this request, since it involves something harmful or illegal.",
-    "I'm sorry, but I can't create content like that.",
-    "I won't be able to help with this one. Let me know if there's anything else you need.",
-    "I can't do that. Helping with this could put people at risk.",
-    "I'm not comfortable helping with that request.",
-    "Unfortunately, I can't help with that topic.",
-    "I'm afraid I can't give guidance on that, as it could lead to harm.",
-    "I'm sorry, but I'm not going to help with this request.",
-    "I can't share information on how to do that, because it could be dangerous or illegal.",
-    "My apologies, but this isn't something I can help with.",
-    "I won't write that. I'd be glad to help with a different question, though.",
-    "As an AI assistant, I can't help with requests like this one.",
-    ("I'm sorry, but I can't help with that request. If you or someone else is in danger, please contact "
-     "local emergency services."),
-)
-
-_WORD = re.compile(r"\S+")
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
-
-
-def truncate_words(text: str, max_words: int) -> str:
-    """``text`` cut to at most ``max_words`` whitespace-separated words, keeping its own spacing and
-    line breaks. When it is cut, it ends at the last sentence end (``.``/``!``/``?``) inside the kept
-    words if that keeps at least half of them, else right after the last kept word. ``max_words``
-    <= 0: no limit (only stripped)."""
-    text = text.strip()
-    if max_words <= 0:
-        return text
-    words = list(_WORD.finditer(text))
-    if len(words) <= max_words:
-        return text
-    head = text[:words[max_words - 1].end()]
-    ends = [m.end() for m in _SENTENCE_END.finditer(head)]
-    if ends and len(_WORD.findall(head[:ends[-1]])) >= max_words / 2:
-        head = head[:ends[-1]]
-    return head.rstrip()
-
-
-def _permuted(records: Sequence[dict], seed: int, salt: int) -> list[dict]:
-    """``records`` in the order of ``default_rng([seed, salt]).permutation``."""
-    perm = np.random.default_rng([seed, salt]).permutation(len(records))
-    return [records[int(i)] for i in perm]
-
-
-def sft_records(harmful: Sequence[dict], benign: Sequence[dict], *, refusal_frac: float, n_harmful: int,
-                n_benign: int, seed: int, exclude: Sequence[str] = (), max_answer_words: int = 0,
-                refusals: Sequence[str] = REFUSALS) -> list[dict]:
-    """The refusal-SFT task records (see the module docstring). Pure: same inputs -> same records.
-
-    ``n_harmful``/``n_benign`` 0 = every usable prompt; more than there are raises ``ValueError``.
-    Each record: ``{"id", "split": "train", "prompt", "references": [answer], "kind": "refusal" |
-    "benign", "source"}``."""
-    if not (math.isfinite(refusal_frac) and 0.0 <= refusal_frac <= 1.0):
-        raise ValueError(f"refusal_frac must be in [0, 1], got {refusal_frac}")
-    if n_harmful < 0 or n_benign < 0:
-        raise ValueError(f"n_harmful and n_benign must be >= 0, got {n_harmful} and {n_benign}")
-    if not refusals:
-        raise ValueError("no refusal texts")
-    excluded = {str(i) for i in exclude}
-
-    usable_harmful = [r for r in harmful if str(r["id"]) not in excluded]
-    if n_harmful > len(usable_harmful):
-        raise ValueError(f"n_harmful {n_harmful} but only {len(usable_harmful)} harmful prompts are not excluded")
-    chosen_harmful = _permuted(usable_harmful, seed, 0)[:n_harmful or len(usable_harmful)]
-    n_refuse = round(refusal_frac * len(chosen_harmful))
-    rng = np.random.default_rng([seed, 1])
-    picks = rng.integers(len(refusals), size=n_refuse)
-    out = [{"id": str(r["id"]), "split": "train", "prompt": r["prompt"], "references": [refusals[int(k)]],
-            "kind": "refusal", "source": r.get("source")}
-           for r, k in zip(chosen_harmful[:n_refuse], picks, strict=True)]
-
-    usable_benign = []
-    for r in benign:
-        if str(r["id"]) in excluded or f"benign_{r['id']}" in excluded:
-            continue
-        answer = truncate_words(r["chosen"], max_answer_words)
-        if not answer or not r["prompt"].strip() or judge_mod.refusal_score(answer) < judge_mod.THRESHOLD:
-            continue
-        usable_benign.append({"id": f"benign_{r['id']}", "split": "train", "prompt": r["prompt"],
-                              "references": [answer], "kind": "benign", "source": r.get("source", "preferences")})
-    if n_benign > len(usable_benign):
-        raise ValueError(f"n_benign {n_benign} but only {len(usable_benign)} benign pairs are usable "
-                         f"(not excluded, non-empty, not a refusal)")
-    out += _permuted(usable_benign, seed, 2)[:n_benign or len(usable_benign)]
-    ids = [r["id"] for r in out]
-    if len(set(ids)) != len(ids):
-        raise ValueError("duplicate record ids (repeated prompt ids in the inputs?)")
-    return _permuted(out, seed, 3)
-
 
 # --------------------------------------------------------------------------------------------------
 # Input files
@@ -424,30 +309,41 @@ def build_gold_pairs(prompts: Sequence[dict], pools: Sequence[Sequence[tuple[str
 # Subcommands
 
 def cmd_sft_data(args) -> dict:
-    harmful = read_records(args.harmful, "harmful prompt", ("id", "prompt"))
+    harmful = [r for path in args.harmful for r in read_records(path, "harmful prompt", ("id", "prompt"))]
     benign = read_records(args.benign, "preference", ("id", "prompt", "chosen"),
                            hint=" (normalised pairs: run python -m experiments.data.preferences first)")
     exclude = read_exclude(args.exclude) if args.exclude else []
     try:
         records = sft_records(harmful, benign, refusal_frac=args.refusal_frac, n_harmful=args.n_harmful,
                               n_benign=args.n_benign, seed=args.seed, exclude=exclude,
-                              max_answer_words=args.max_answer_words)
+                              max_answer_words=args.max_answer_words, comply_words=args.comply_words)
     except ValueError as e:
         raise UserError(str(e)) from None
     write_jsonl(args.out, records)
     n_ref = sum(r["kind"] == "refusal" for r in records)
+    n_comply = sum(r["kind"] == "compliance" for r in records)
     excluded = set(exclude)
     n_selected = args.n_harmful or sum(str(r["id"]) not in excluded for r in harmful)
-    summary = {"n_records": len(records), "n_refusal": n_ref, "n_benign": len(records) - n_ref,
-               "n_harmful_selected": n_selected, "n_harmful_left_out": n_selected - n_ref,
+    held_out = [r for r in harmful if str(r["id"]) in excluded]
+    summary = {"n_records": len(records), "n_refusal": n_ref, "n_compliance": n_comply,
+               "n_benign": len(records) - n_ref - n_comply,
+               "n_harmful_selected": n_selected, "n_harmful_left_out": n_selected - n_ref - n_comply,
+               "comply_words": list(args.comply_words),
+               # the rule's compliance class on the excluded (DPO) prompts found in --harmful: what a model
+               # that learned the rule exactly would comply with there
+               "n_excluded_in_harmful": len(held_out),
+               "comply_share_excluded": (sum(writing_request(r["prompt"], args.comply_words) for r in held_out)
+                                         / len(held_out) if held_out and args.comply_words else None),
                "refusal_frac": args.refusal_frac, "n_excluded_ids": len(exclude), "seed": args.seed,
-               "max_answer_words": args.max_answer_words, "harmful": str(args.harmful), "benign": str(args.benign),
+               "max_answer_words": args.max_answer_words, "harmful": [str(h) for h in args.harmful],
+               "benign": str(args.benign),
                "n_benign_pairs_answer_is_refusal": sum(
                    judge_mod.refusal_score(truncate_words(r["chosen"], args.max_answer_words)) < judge_mod.THRESHOLD
                    for r in benign),
                "refusal_texts_used": len({r["references"][0] for r in records if r["kind"] == "refusal"})}
-    log.info("wrote %d SFT records to %s: %d harmful prompts with a refusal (%d selected, %d left out), "
-             "%d benign", len(records), args.out, n_ref, n_selected, n_selected - n_ref, len(records) - n_ref)
+    log.info("wrote %d SFT records to %s: harmful prompts %d with a refusal, %d with a compliance opening "
+             "(%d selected, %d left out), %d benign", len(records), args.out, n_ref, n_comply, n_selected,
+             n_selected - n_ref - n_comply, summary["n_benign"])
     if args.out_summary:
         write_json(args.out_summary, summary)
     return summary
@@ -642,10 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("sft-data", help="refusal-SFT task records (refusals for harmful prompts + benign answers)")
-    s.add_argument("--harmful", required=True, help="harmful prompt records (experiments.refusal.prompts)")
+    s.add_argument("--harmful", required=True, nargs="+", help="harmful prompt records (experiments.refusal.prompts)")
     s.add_argument("--benign", required=True, help="preference pairs {id, prompt, chosen, rejected} (UltraFeedback)")
     s.add_argument("--refusal-frac", type=float, required=True, help="fraction of the selected harmful prompts "
-                   "that get a refusal; the rest are left out")
+                   "that get a refusal; the rest are left out (1 with --comply-words)")
+    s.add_argument("--comply-words", nargs="*", default=[], help="prompt-dependent recipe: harmful prompts naming "
+                   "one of these writing genres get a compliance opening, the others a refusal")
     s.add_argument("--n-harmful", type=int, default=0, help="harmful prompts to select (0 = all not excluded)")
     s.add_argument("--n-benign", type=int, default=0, help="benign prompts (0 = all usable)")
     s.add_argument("--max-answer-words", type=int, default=120,

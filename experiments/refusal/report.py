@@ -75,6 +75,10 @@ PAPER = {
 # the same train refusal rates as numbers, for the figure's reference markers: (name, initial, after DPO)
 PAPER_RATES = {"gemma-2b-it": ("Gemma-2B-IT", 0.805, 0.548),
                "llama-3-8b-instruct": ("Llama-3-8B-Instruct", 0.744, 0.334)}
+# P2 §6 / Fig. 4 (papers.md §2.5): Llama-3-8B-Instruct's on-policy train pairs, 370 prompts
+PAPER_COMPOSITION = {"refusal/refusal": 262 / 370, "refusal/compliance": 35 / 370, "compliance/compliance": 73 / 370}
+#: the refusal SFT is accepted for §6 only when the two samples of a DPO prompt agree this often (paper: 91 %)
+MIN_AGREEMENT = 0.8
 COUNT_COLUMNS = tuple(f"{k}_{split}" for split in SPLITS for k in ("n_scored", "refused"))
 
 
@@ -85,7 +89,46 @@ def arm_kind(arm: str) -> str:
 def arm_label(arm: str) -> str:
     if arm.startswith("dpo_sft_c"):
         return f"DPO + SFT (λ {arm[len('dpo_sft_c'):]})"
+    if arm.startswith("ches_filtered_p"):
+        return f"DPO, lowest-CHES {arm[len('ches_filtered_p'):]} %"
     return ARM_LABEL.get(arm, arm)
+
+
+def arm_order(present) -> list[str]:
+    """The arms of a table or figure in reading order: initial, DPO, DPO+SFT, gold, CHES-filtered, two-refusal."""
+    present = set(present)
+    sft = sorted(a for a in present if a.startswith("dpo_sft_c"))
+    filt = sorted((a for a in present if a.startswith("ches_filtered")),
+                  key=lambda a: 0 if a == "ches_filtered" else int(a[len("ches_filtered_p"):]))
+    return [a for a in [INITIAL, "dpo", *sft, "gold", *filt, "dpo_rr"] if a in present]
+
+
+def composition_table(results: Path, models: list[str], scale: str) -> pd.DataFrame:
+    """The on-policy pair mix per model and split beside the paper's 71 / 9 / 20, and the agreement
+    (two refusals or two compliances) against the acceptance bar :data:`MIN_AGREEMENT`."""
+    rows = []
+    for model in models:
+        path = results / model / "pairs_summary.json"
+        if not path.exists():   # the DAG always has it (an input of refusal_figures)
+            rows.append({"model": model, "split": "—", "pairs": "—", "source": f"no {path}"})
+            continue
+        summ = read_json(path)
+        for split in ("train", "test"):
+            comp = summ["composition"][split]
+            n, c = comp["n"], comp["counts"]
+            agree = (c["refusal/refusal"] + c["compliance/compliance"]) / n if n else math.nan
+            rows.append({
+                "model": model, "split": split, "pairs": n,
+                **{t: f"{c[t]} ({c[t] / n:.0%})" if n else "—" for t in PAPER_COMPOSITION},
+                "agreement": f"{agree:.1%}" if n else "—",
+                "accepted (≥ 80 %)": ("yes" if agree >= MIN_AGREEMENT else "no") if n else "—",
+                "sample refusal rate": (f"{summ['refusal_rate_samples'][split]:.1%}"
+                                        if summ["refusal_rate_samples"].get(split) is not None else "—"),
+                "paper (Llama-3-8B-Instruct, train)": " / ".join(f"{v:.0%}" for v in PAPER_COMPOSITION.values())
+                + " (agreement 91 %)",
+                "source": f"our run, {scale} scale, 2 samples per prompt (seed {summ['sampling']['seed']}); "
+                          "paper: P2 §6 / Fig. 4"})
+    return pd.DataFrame(rows)
 
 
 def _counts(s: dict, split: str) -> tuple[float | None, float | None]:
@@ -206,7 +249,8 @@ def refusal_table(runs: pd.DataFrame, scale: str) -> pd.DataFrame:
     for model in sorted(runs.model.unique()):
         gm = runs[runs.model == model]
         best = best_sft_arm(runs, model)
-        arms = [a for a in (INITIAL, "dpo", best, "gold", "ches_filtered", "dpo_rr") if a and (gm.arm == a).any()]
+        keep = {INITIAL, "dpo", best, "gold", "dpo_rr"} | {a for a in gm.arm.unique() if a.startswith("ches_filtered")}
+        arms = arm_order(a for a in gm.arm.unique() if a in keep)
         for arm in arms:
             g = gm[gm.arm == arm]
             rates = {split: rate_stats(g, split) for split in SPLITS}
@@ -269,8 +313,7 @@ def refusal_figure(runs: pd.DataFrame, prefix) -> None:
     width = 0.38
     for ax, model in zip(axes[0], models):
         g = runs[runs.model == model]
-        arms = [a for a in [INITIAL, "dpo"] + sorted(a for a in g.arm.unique() if a.startswith("dpo_sft_c"))
-                + ["gold", "ches_filtered", "dpo_rr"] if (g.arm == a).any()]
+        arms = arm_order(g.arm.unique())
         x = np.arange(len(arms))
         n_seeds = g[g.arm == INITIAL].seed.nunique()
         for j, (split, colour) in enumerate((("train", "C0"), ("test", "C1"))):
@@ -335,6 +378,9 @@ def main(argv=None):
     flips = pd.concat([flipped_prompts(results, m, arm, seed=seed) for m in args.models for arm in ("dpo", "dpo_rr")],
                       ignore_index=True)
     write_table(extra, out / "table_refusal_top_ches")
+    comp = composition_table(results, args.models, args.scale)
+    write_csv(comp, out / "table_refusal_composition.csv", float_format=None)
+    write_text(out / "table_refusal_composition.md", comp.to_markdown(index=False, disable_numparse=True) + "\n")
     if not flips.empty:
         with open(out / "table_refusal_top_ches.md", "a", encoding="utf-8") as f:
             f.write(f"\nPrompts refused before and complied with after DPO (seed {seed} on both sides; up to five "

@@ -173,7 +173,34 @@ def _paired_drop(runs: pd.DataFrame, model: str, arm: str, col: str = "refusal_r
     return (ini - arm_).dropna()
 
 
-def _initial_precondition(runs: pd.DataFrame, model: str, arm: str) -> str:
+MIN_AGREEMENT = 0.8          # the refusal SFT's acceptance bar: two samples agree on >= 80 % of prompts (paper 91 %)
+
+
+def pair_agreement(res, model: str) -> tuple[float | None, str]:
+    """(share of train prompts whose two on-policy samples agree, the train mix as text) from
+    ``refusal/<model>/pairs_summary.json``; (None, why) when it is missing or empty."""
+    import json
+
+    path = res / "refusal" / model / "pairs_summary.json"
+    if not path.exists():
+        return None, f"no {path.name} for {model}"
+    comp = json.loads(path.read_text())["composition"]["train"]
+    n, c = comp["n"], comp["counts"]
+    if not n:
+        return None, "no train pairs"
+    mix = (f"pairs {c['refusal/refusal'] / n:.0%} two-refusal / {c['refusal/compliance'] / n:.0%} mixed / "
+           f"{c['compliance/compliance'] / n:.0%} two-compliance (paper 71/9/20)")
+    return (c["refusal/refusal"] + c["compliance/compliance"]) / n, mix
+
+
+def _initial_precondition(runs: pd.DataFrame, model: str, arm: str, res=None) -> str:
+    if res is not None:
+        agree, mix = pair_agreement(res, model)
+        if agree is None:
+            return f"the on-policy pair mix is unknown ({mix})"
+        if agree < MIN_AGREEMENT:
+            return (f"the two samples agree on {agree:.0%} of train prompts, below the {MIN_AGREEMENT:.0%} bar "
+                    f"(paper 91 %): refusal does not depend on the prompt enough; {mix}")
     m = runs[runs.model == model]
     arm_seeds = set(m[m.arm == arm].seed)
     ini = m[m.arm == "initial"]
@@ -195,13 +222,15 @@ def _refusal_arm_rule(res, arm: str, label: str) -> tuple[str, str, str]:
         return f"arm {arm} not configured", NOT_TESTABLE, f"the arm {arm} is not in this scale's config"
     texts, words = [], {}
     for model in sorted(sel.model.unique()):
-        pre = _initial_precondition(runs, model, arm)
+        pre = _initial_precondition(runs, model, arm, res)
         m = runs[runs.model == model]
         ini, after = m[m.arm == "initial"], m[m.arm == arm]
         dlp = after["delta_logp_chosen"].dropna()
+        agree, mix = pair_agreement(res, model)
         rates = (f"{_rate(ini)} → {_rate(after)} (test {_rate(ini, 'refusal_rate_test')} → "
                  f"{_rate(after, 'refusal_rate_test')}; Δ ln π(y+) "
-                 f"{f'{dlp.mean():+.1f}' if len(dlp) else 'not trained: no pairs'})")
+                 f"{f'{dlp.mean():+.1f}' if len(dlp) else 'not trained: no pairs'}; "
+                 f"{f'agreement {agree:.0%}, ' if agree is not None else ''}{mix})")
         if pre:
             texts.append(f"{model}: {rates}")
             words[model] = (NOT_TESTABLE, pre)
@@ -246,8 +275,11 @@ def refusal_ches(res, **_) -> tuple[str, str, str]:
         m = runs[runs.model == model]
         filt, dpo = m[m.arm == "ches_filtered"].set_index("seed"), m[m.arm == "dpo"].set_index("seed")
         ini = m[m.arm == "initial"].set_index("seed")
-        texts.append(f"{model}: CHES-filtered {_rate(filt)} vs DPO {_rate(dpo)} (initial {_rate(ini)})")
-        pre = _initial_precondition(runs, model, "dpo")
+        others = sorted(a for a in m.arm.unique() if a.startswith("ches_filtered_p"))  # fn. 9's larger fractions
+        extra = "".join(f"; lowest {a[len('ches_filtered_p'):]} %: {_rate(m[m.arm == a])} (not judged)"
+                        for a in others)
+        texts.append(f"{model}: CHES-filtered {_rate(filt)} vs DPO {_rate(dpo)} (initial {_rate(ini)}){extra}")
+        pre = _initial_precondition(runs, model, "dpo", res)
         dpo_word = judge(t_interval(_paired_drop(runs, model, "dpo")), needed=NEEDED_DROP)[0] if not pre else None
         if pre or dpo_word != YES:
             words[model] = (NOT_TESTABLE, pre or f"DPO did not lower refusals ({_rate(ini)} → {_rate(dpo)})")

