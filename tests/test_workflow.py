@@ -153,12 +153,13 @@ def test_paper_scale_plans_every_persona_run():
     # OLMo-1B, Gemma-2B, Llama-3-8B; bert-mini (STS-B); t5-base, gpt2, gpt2-imdb, distilbert-imdb (GRUE);
     # Gemma-2B-IT, Llama-3-8B-Instruct, the SORRY-Bench judge and PairRM (refusal)
     assert counts["persona_sft"] == 3 and counts["prepare_model"] == 12
-    # P2 §6: both chat models x (DPO, DPO+SFT per λ of the grid, gold, CHES-filtered, two-refusal pairs only),
-    # 3 seeds per job
+    # P2 §6: both chat models x (DPO, DPO+SFT per λ of the grid, gold, CHES-filtered at 5 % and fn. 9's 15 %,
+    # two-refusal pairs only), 3 seeds per job; the paper's lr values, so no lr-rule job
     ref = load_scale("paper")["refusal"]
     assert set(ref["models"]) == {"gemma-2b-it", "llama-3-8b-instruct"} and len(ref["seeds"]) == 3
-    n_arms = sum(4 + len(m["sft_coef"]) for m in ref["models"].values())
+    n_arms = sum(5 + len(m["sft_coef"]) for m in ref["models"].values())
     assert counts["refusal_arm"] == n_arms and counts["refusal_pairs"] == counts["refusal_initial"] == 2
+    assert "refusal_lr" not in counts
     assert "refusal_sft" not in counts  # the paper's models are aligned already
     assert ref["dpo"]["lr"] == 5e-6 and ref["dpo"]["gold_lr"] == 1e-6 and ref["eval"]["temperature"] == 0.7
     rft = load_scale("paper")["rft"]
@@ -341,15 +342,20 @@ def test_smoke_refusal_branch_end_to_end(smoke_run):
     assert len(pairs) == cfg["prompts"]["n"] and {p["split"] for p in pairs} == {"train", "test"}
     assert all(p["chosen_score"] <= p["rejected_score"] for p in pairs)
     runs = pd.read_csv(smoke_run / "results/smoke/refusal/runs.csv")
-    n_arms = 4 + len(cfg["models"]["micro-llama"]["sft_coef"])
+    n_arms = len(cfg["arms"]) - 1 + len(cfg["models"]["micro-llama"]["sft_coef"])   # dpo_sft: one arm per λ
     assert len(runs) == (n_arms + 1) * len(cfg["seeds"])  # the arms and the initial model, every seed
     assert sorted(runs[runs.arm == "initial"]["seed"]) == sorted(cfg["seeds"])
     assert runs["refusal_rate_train"].between(0, 1).all()
     n_rr = sum(p["split"] == "train" and p["pair_type"] == "refusal/refusal" for p in pairs)
     assert (runs[runs.arm == "dpo_rr"]["n_pairs"] == n_rr).all()
     table = pd.read_csv(smoke_run / "figures/smoke/table_refusal.csv")
-    assert table["arm"].iloc[0] == "initial model" and len(table) == 1 + 5
+    assert table["arm"].iloc[0] == "initial model" and len(table) == 1 + len(cfg["arms"])   # the best λ only
     print(table.to_string())
+    lr = json.loads((base / "lr_pairs.json").read_text())          # the paper's lr rule ran and chose one it tried
+    assert lr["lr"] in [t["lr"] for t in lr["tried"] if t["fell"]]
+    assert (runs[(runs.arm != "initial") & (runs.arm != "gold") & (runs.n_pairs > 0)]["lr"] == lr["lr"]).all()
+    comp = pd.read_csv(smoke_run / "figures/smoke/table_refusal_composition.csv")
+    assert set(comp["split"]) == {"train", "test"} and comp["agreement"].str.endswith("%").all()
     assert (smoke_run / "figures/smoke/refusal_rates.png").stat().st_size > 5000
 
 
