@@ -120,6 +120,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return cpu_precision_probe()["choice"]
 
 
+def device_and_precision(device: str, precision: str) -> tuple[torch.device, str]:
+    """``resolve_device`` and ``resolve_precision`` for a CLI: a bad value is one user-facing line."""
+    from experiments.common.cli import UserError
+
+    try:
+        dev = resolve_device(device)
+        return dev, resolve_precision(precision, dev)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
 def autocast(precision: str, device: torch.device):
     """Autocast context for ``precision`` ('bf16' autocasts matmuls; 'fp32' is a no-op)."""
     if precision == "bf16":

@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import json
 import logging
 import math
 import shutil
@@ -84,8 +85,7 @@ from experiments.common.io import (
 )
 from experiments.common.torchutil import (
     autocast,
-    resolve_device,
-    resolve_precision,
+    device_and_precision,
     set_seed,
     set_threads,
 )
@@ -151,8 +151,6 @@ def subset_prompts(prompts: list[dict], n: int, seed: int) -> list[dict]:
 def read_lr_file(path: str | Path) -> float | None:
     """The learning rate chosen by :mod:`experiments.refusal.lr_rule` (its JSON's ``lr``); None when
     it had no pairs to choose on (the arm then has none to train on either)."""
-    import json
-
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
         lr = obj["lr"]
@@ -423,11 +421,7 @@ def run(args) -> list[dict]:
                         f"{len(train_pairs)}: rerun experiments.refusal.lr_rule on the same pairs")
 
     set_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
-    except (RuntimeError, ValueError) as e:
-        raise UserError(str(e)) from None
+    device, precision = device_and_precision(args.device, args.precision)
 
     def load_model():
         try:

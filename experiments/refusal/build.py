@@ -77,7 +77,7 @@ from experiments.common.io import (
 from experiments.refusal import judge as judge_mod
 from experiments.refusal import pairs as pairs_mod
 from experiments.refusal.prompts import PAPER_TEST_RATIO, split_train_test, subsample
-from experiments.refusal.sft_data import REFUSALS, sft_records, truncate_words, writing_request  # noqa: F401
+from experiments.refusal.sft_data import sft_records, truncate_words, writing_request
 
 log = logging.getLogger("build_refusal_data")
 

@@ -52,7 +52,7 @@ def choose(tried: list[dict]) -> float | None:
 
 def run(args) -> dict:
     from experiments.ches.dpo import encode_subset, pair_logps
-    from experiments.common.torchutil import resolve_device, resolve_precision, set_seed, set_threads
+    from experiments.common.torchutil import device_and_precision, set_seed, set_threads
     from experiments.models.load import load_causal_lm, load_tokenizer
     from experiments.persona.prompts import resolve_format
     from experiments.refusal.arms import read_pairs, train, train_rows
@@ -70,11 +70,7 @@ def run(args) -> dict:
         return out
     rows = train_rows(pairs, args.pairs)
     set_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
-    except (RuntimeError, ValueError) as e:
-        raise UserError(str(e)) from None
+    device, precision = device_and_precision(args.device, args.precision)
     tokenizer = load_tokenizer(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
