@@ -109,7 +109,7 @@ def bench_sampling(root: Path, cfg: dict, quick: bool) -> list[dict]:
     name, task = next(iter(cfg["rft"]["tasks"].items()))
     stats = cfg["rft"]["stats"]
     device = torch.device("cpu")
-    prec = resolve_precision(stats.get("precision", "fp32"), device)
+    prec = resolve_precision(stats.get("precision", "fp32"), device, tokens=stats["batch_inputs"] * stats["samples"])
     model_dir = need(root / "resources" / "models" / task["model"], "prepared model")
     data = need(root / "resources" / "data" / "grue" / f"{task['loader']}.jsonl", "task data")
     tok = load_tokenizer(model_dir)
@@ -162,7 +162,7 @@ def bench_persona_dpo(root: Path, cfg: dict, quick: bool) -> list[dict]:
     model_name, pairs = next(iter(p["models"].items()))
     setting = p["settings"][0]
     device = torch.device("cpu")
-    prec = resolve_precision(p.get("precision", "fp32"), device)
+    prec = resolve_precision(p.get("precision", "fp32"), device, tokens=64)   # as experiments.persona.dpo
     model_dir = need(root / "resources" / "models" / model_name, "prepared model")
     data = need(root / "resources" / "data" / "persona.jsonl", "persona data")
     tok = load_tokenizer(model_dir)
@@ -212,7 +212,8 @@ def bench_ppo(root: Path, cfg: dict, quick: bool) -> list[dict]:
     task = cfg["rft"]["tasks"][name]
     ppo = task["ppo"]
     device = torch.device("cpu")
-    prec = resolve_precision(ft.get("precision", "fp32"), device)
+    prec = resolve_precision(ft.get("precision", "fp32"), device,   # as experiments.rft.train
+                             tokens=ppo["inputs_per_iter"] * ppo["samples_per_input"])
     model_dir = need(root / "resources" / "models" / task["model"], "prepared model")
     data = need(root / "resources" / "data" / "grue" / f"{task['loader']}.jsonl", "task data")
     if task["reward"] == "learned_sentiment":

@@ -47,8 +47,13 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-# The probe's shape: one SmolLM2-135M MLP matmul over 256 tokens (the tiny scale's hot path).
-PROBE_SHAPE = (256, 576, 1536)
+# The probe's matmul: one SmolLM2-135M MLP projection (576 -> 1536, the tiny scale's hot path) over the
+# ``tokens`` rows a rule multiplies at once: batch x sequence when it trains or scores, the number of
+# sequences decoded together when it samples. The probe's speed depends on that row count: on an AMX CPU
+# bf16 is ~2x fp32 at 16 rows and ~6x at 2,048. The weight is a parameter (requires grad), so autocast's
+# weight-cast cache applies as it does inside a model, and each row count is cached under its power of 2.
+PROBE_K, PROBE_N = 576, 1536
+PROBE_TOKENS = 256         # the default row count (a 256-token training batch)
 BF16_MIN_SPEEDUP = 1.2    # bf16 autocast must beat fp32 by this factor to be chosen by ``auto``
 
 
@@ -56,60 +61,80 @@ def _probe_cache() -> str:
     return os.environ.get("SUITE_PRECISION_CACHE", os.path.join("resources", "cache", "precision_probe.json"))
 
 
-def cpu_precision_probe(refresh: bool = False) -> dict:
-    """fp32 and bf16-autocast matmul speed on this CPU (GFLOP/s, best of 5 at ``PROBE_SHAPE``), cached
-    per machine (CPU capability, model name, torch version, threads) in ``resources/cache/``:
-    ``{"fp32_gflops", "bf16_gflops", "speedup", "choice", "capability", ...}``."""
-    import json
-    import platform
+def probe_bucket(tokens: int) -> int:
+    """The power of 2 nearest ``tokens`` (8 .. 8,192): the row counts the probe measures and caches."""
+    import math
+
+    t = min(max(int(tokens), 8), 8192)
+    return 2 ** round(math.log2(t))
+
+
+def _measure(tokens: int) -> dict:
     import time
 
-    key = {"capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "shape": list(PROBE_SHAPE)}
-    path = _probe_cache()
-    if not refresh and os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                cached = json.load(f)
-            if all(cached.get(k) == v for k, v in key.items()):
-                return cached
-        except (OSError, ValueError):
-            pass
-    m, k, n = PROBE_SHAPE
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    a = torch.randn(tokens, PROBE_K)
+    b = torch.randn(PROBE_K, PROBE_N, requires_grad=True)
 
     def gflops(precision: str) -> float:
         with torch.no_grad(), autocast(precision, torch.device("cpu")):
-            a @ b                                       # warm-up (packing, first-call dispatch)
+            a @ b                                       # warm-up (packing, first-call dispatch, cast cache)
             best = float("inf")
             for _ in range(5):
                 t = time.perf_counter()
                 a @ b
                 best = min(best, time.perf_counter() - t)
-        return 2 * m * k * n / best / 1e9
+        return 2 * tokens * PROBE_K * PROBE_N / best / 1e9
 
     fp32, bf16 = gflops("fp32"), gflops("bf16")
-    out = key | {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1), "speedup": round(bf16 / fp32, 3),
-                 "choice": "bf16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "fp32", "amx": cpu_has_fast_bf16(),
-                 "host": platform.node()}
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, path)
-    except OSError:
-        pass                                            # an unwritable cache only costs the probe again
-    return out
+    return {"fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1), "speedup": round(bf16 / fp32, 3),
+            "choice": "bf16" if bf16 >= BF16_MIN_SPEEDUP * fp32 else "fp32"}
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def cpu_precision_probe(tokens: int = PROBE_TOKENS, refresh: bool = False) -> dict:
+    """fp32 and bf16-autocast matmul speed on this CPU at ``tokens`` rows (GFLOP/s, best of 5), cached per
+    machine (CPU capability, model name, torch version, threads) in ``resources/cache/``, one entry per
+    row-count bucket. Returns ``{"fp32_gflops", "bf16_gflops", "speedup", "choice", "tokens",
+    "capability", ...}`` for that bucket."""
+    import json
+    import platform
+
+    bucket = probe_bucket(tokens)
+    key = {"capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "shape_kn": [PROBE_K, PROBE_N]}
+    path = _probe_cache()
+    cached: dict = {}
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                cached = json.load(f)
+        except (OSError, ValueError):
+            cached = {}
+    if not all(cached.get(k) == v for k, v in key.items()):
+        cached = {}                                     # another machine, torch or thread count: probe again
+    shapes = cached.get("shapes", {})
+    if refresh or str(bucket) not in shapes:
+        shapes[str(bucket)] = _measure(bucket)
+        cached = key | {"amx": cpu_has_fast_bf16(), "host": platform.node(), "shapes": shapes}
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(cached, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError:
+            pass                                        # an unwritable cache only costs the probe again
+    entry = shapes[str(bucket)]
+    return {k: v for k, v in cached.items() if k != "shapes"} | entry | {"tokens": bucket}
+
+
+def resolve_precision(precision: str, device: torch.device, tokens: int = PROBE_TOKENS) -> str:
     """Map the config's ``precision`` (auto | fp32 | bf16) to what runs here.
 
     ``auto`` means bf16 autocast where it is measured to be fast: CUDA with bf16 support, or a CPU where
-    ``cpu_precision_probe`` finds bf16 matmuls at least ``BF16_MIN_SPEEDUP`` times fp32 (AMX CPUs: ~6x;
-    AVX-512 without AMX: slower than fp32; AVX2: ~1/90 of fp32); fp32 elsewhere. Master weights always
-    stay fp32: bf16 weights would swallow the 1e-7-sized updates these experiments rely on.
+    ``cpu_precision_probe`` finds bf16 matmuls at ``tokens`` rows (the rule's own batch shape) at least
+    ``BF16_MIN_SPEEDUP`` times fp32 (AMX CPUs: 2-6x; AVX-512 without AMX: 0.1-4x by CPU and row count;
+    AVX2: ~1/90 of fp32); fp32 elsewhere. Master weights always stay fp32: bf16 weights would swallow the
+    1e-7-sized updates these experiments rely on.
     """
     if precision not in {"auto", "fp32", "bf16"}:
         raise ValueError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
@@ -117,16 +142,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return cpu_precision_probe()["choice"]
+    return cpu_precision_probe(tokens)["choice"]
 
 
-def device_and_precision(device: str, precision: str) -> tuple[torch.device, str]:
-    """``resolve_device`` and ``resolve_precision`` for a CLI: a bad value is one user-facing line."""
+def device_and_precision(device: str, precision: str, tokens: int = PROBE_TOKENS) -> tuple[torch.device, str]:
+    """``resolve_device`` and ``resolve_precision`` (at ``tokens`` rows) for a CLI: a bad value is one
+    user-facing line."""
     from experiments.common.cli import UserError
 
     try:
         dev = resolve_device(device)
-        return dev, resolve_precision(precision, dev)
+        return dev, resolve_precision(precision, dev, tokens)
     except (RuntimeError, ValueError) as e:
         raise UserError(str(e)) from None
 

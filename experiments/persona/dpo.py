@@ -229,7 +229,7 @@ def main(argv=None):
     set_threads(args.threads)
     set_seed(args.seed)
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, tokens=64)   # one prompt, chosen + rejected
     meanings, opposites = json.loads(args.meanings), json.loads(args.opposites)
 
     tok = load_tokenizer(args.model_dir)

@@ -226,7 +226,7 @@ def main(argv=None):
     micro = args.micro_batch_size or args.batch_size
 
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, tokens=micro * 32)   # ~32-token chat prompts
     tok = load_tokenizer(args.model_dir)
     model = load_causal_lm(args.model_dir, device=device)
     records = read_jsonl(args.data)

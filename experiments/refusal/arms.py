@@ -421,7 +421,8 @@ def run(args) -> list[dict]:
                         f"{len(train_pairs)}: rerun experiments.refusal.lr_rule on the same pairs")
 
     set_threads(args.threads)
-    device, precision = device_and_precision(args.device, args.precision)
+    device, precision = device_and_precision(   # the evaluation's decode rows: sampling dominates the arm
+        args.device, args.precision, args.eval_batch_inputs)
 
     def load_model():
         try:

@@ -180,7 +180,7 @@ def _scores(scorer: Scorer, prompts: Sequence[str], responses: Sequence[str]) ->
     return s, time.time() - t0
 
 
-def _load_policy(path: str, device_name: str, precision: str, threads: int):
+def _load_policy(path: str, device_name: str, precision: str, threads: int, tokens: int):
     from experiments.common.torchutil import (
         resolve_device,
         resolve_precision,
@@ -193,7 +193,7 @@ def _load_policy(path: str, device_name: str, precision: str, threads: int):
         raise UserError(f"model folder {path} does not exist")
     try:
         device = resolve_device(device_name)
-        precision = resolve_precision(precision, device)
+        precision = resolve_precision(precision, device, tokens)   # ``tokens``: the decode rows
     except (ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None
     tokenizer = load_tokenizer(path)
@@ -380,7 +380,8 @@ def cmd_sample_pairs(args) -> dict:
 
     set_seed(args.seed)
     scorer, judge_name = make_scorer(args.judge, args.judge_model, args.judge_template, args.judge_batch_size)
-    model, tokenizer, device, precision = _load_policy(args.model, args.device, args.precision, args.threads)
+    model, tokenizer, device, precision = _load_policy(args.model, args.device, args.precision, args.threads,
+                                                        tokens=2 * args.batch_inputs)
     steptimes.first_step()  # the steps: sampling and judging (experiments.runtime: fixed cost)
     responses, gen = sample_responses(model, tokenizer, selected, k=2, max_new_tokens=args.max_new_tokens,
                                       max_prompt_tokens=args.max_prompt_tokens, batch_inputs=args.batch_inputs,
@@ -451,7 +452,8 @@ def cmd_gold_pairs(args) -> dict:
 
     set_seed(args.seed)
     scorer, judge_name = make_scorer(args.judge, args.judge_model, args.judge_template, args.judge_batch_size)
-    model, tokenizer, device, precision = _load_policy(args.base_model, args.device, args.precision, args.threads)
+    model, tokenizer, device, precision = _load_policy(args.base_model, args.device, args.precision, args.threads,
+                                                        tokens=args.k * args.batch_inputs)
     steptimes.first_step()
     responses, gen = sample_responses(model, tokenizer, aligned, k=args.k, max_new_tokens=args.max_new_tokens,
                                       max_prompt_tokens=args.max_prompt_tokens, batch_inputs=args.batch_inputs,

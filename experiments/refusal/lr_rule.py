@@ -70,7 +70,8 @@ def run(args) -> dict:
         return out
     rows = train_rows(pairs, args.pairs)
     set_threads(args.threads)
-    device, precision = device_and_precision(args.device, args.precision)
+    device, precision = device_and_precision(   # chosen + rejected rows of one batch
+        args.device, args.precision, 2 * args.batch_size * ((args.max_prompt_tokens + args.max_response_tokens) or 256))
     tokenizer = load_tokenizer(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -339,7 +339,8 @@ def run(args) -> dict:
     set_seed(args.seed)
     try:
         device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
+        precision = resolve_precision(args.precision, device,
+                                       tokens=args.batch_size * (args.max_prompt_tokens + args.max_target_tokens))
     except (RuntimeError, ValueError) as e:
         raise UserError(str(e)) from None
     source = Path(args.model)

@@ -200,7 +200,7 @@ def main(argv=None):
     chosen = select_inputs(records, args.n_inputs, args.seed)
     device = resolve_device(args.device)
     try:
-        precision = resolve_precision(args.precision, device)
+        precision = resolve_precision(args.precision, device, tokens=args.batch_inputs * args.samples)  # decode rows
     except ValueError as e:
         raise UserError(str(e)) from None
     tokenizer = load_tokenizer(args.model)

@@ -245,7 +245,8 @@ def run(args) -> dict:
     set_seed(args.seed)
     device = resolve_device(args.device)
     try:
-        precision = resolve_precision(args.precision, device)
+        precision = resolve_precision(args.precision, device,   # the rollout's decode rows: sampling dominates
+                                       tokens=args.inputs_per_iter * args.samples_per_input)
     except ValueError as e:
         raise UserError(str(e)) from None
     records = [r for r in read_jsonl(args.data) if r["split"] == "train"]

@@ -264,7 +264,7 @@ def train_trl(algorithm: str, model, tokenizer, inputs: list[dict], reward, *, p
     gen = trl_generation(dict(gen_kwargs))
     device = torch.device(device)
     try:
-        precision = resolve_precision(precision, device)
+        precision = resolve_precision(precision, device, tokens=inputs_per_step * num_generations)
     except ValueError as e:
         raise UserError(str(e)) from None
     if tokenizer.pad_token_id is None:
