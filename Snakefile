@@ -51,6 +51,8 @@
 #   figures/<scale>/summary.{csv,md}                       one row per claim of the papers (`snakemake summary`)
 #   figures/<scale>/table_runtime.{csv,md}                 wall time and peak RSS per rule and branch (+ fixed cost)
 #   figures/<scale>/table_runtime_{projection,critical_path}.{csv,md}   the critical path, projected wall on 2/8/32 cores, packing loss
+#   figures/<scale>/<name>.provenance.json                 beside every figure/table: the run, machine and precision
+#                                                          that made it (experiments.common.provenance)
 #   logs/<scale>/<rule>/...log, benchmarks/<scale>/<rule>/...tsv   one log and one benchmark per job
 #   checkpoints/<scale>/<rule>/...                         resumable trainer checkpoints (removed when the job ends)
 #   report.html                                            `snakemake --report report.html` (captions: workflow/report/)

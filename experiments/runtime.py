@@ -43,6 +43,7 @@ import pandas as pd
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import write_csv, write_text
+from experiments.common.provenance import SUITE_TABLES, current_record, sibling_sidecars, stamp
 
 SCALES = ("smoke", "tiny", "paper")
 BRANCHES = [  # (rule-name prefix, branch)
@@ -665,6 +666,8 @@ def main(argv=None):
     prefix = (Path(args.out_dir) / "table_runtime" if args.out_dir
               else Path(args.out or f"figures/{args.scale}/table_runtime"))
     write_tables(tables, prefix)
+    stamp([f"{prefix}{suffix}" for suffix in tables],
+          current_record(args.scale, sibling_sidecars(prefix.parent, skip=SUITE_TABLES)))
     print(source)
     print(", ".join(f"{k}: {v}" for k, v in a["bench"].compute_source.value_counts().items()) or "no compute spans")
     for t in tables.values():

@@ -43,7 +43,8 @@ def test_cli_writes_outputs_and_rejects_foreign_folders(tmp_path):
     out = tmp_path / "figs"
     report.main(["--runs", *dirs, "--scale", "smoke", "--out-csv", str(tmp_path / "runs.csv"), "--out-dir", str(out)])
     assert {p.name for p in out.iterdir()} == {"table_ches.csv", "table_ches.md", "ches_quantiles.png",
-                                               "ches_quantiles.pdf"}
+                                               "ches_quantiles.pdf", "table_ches.provenance.json",
+                                               "ches_quantiles.provenance.json"}
     with pytest.raises(report.UserError, match="not a CHES run folder"):
         report.collect([str(tmp_path)])
 

@@ -146,3 +146,16 @@ def test_documented_experiments_cli_accepts_its_options(cmd):
     assert r.returncode == 0, f"{COMMANDS[cmd]}: {cmd}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
     for option in (a.split("=", 1)[0] for a in args if a.startswith("--")):
         assert option in r.stdout, f"{COMMANDS[cmd]}: {cmd}: {option} is not an option of {args[2]}"
+
+
+def test_report_before_any_run_says_what_to_run(tmp_path):
+    """``snakemake --report report.html`` in a fresh directory: one line naming the run to do first, no
+    traceback and no "marked for report but does not exist" (Snakemake's own error for the first file)."""
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                        "--report", "report.html", "--config", "scale=smoke"],
+                       cwd=REPO, capture_output=True, text=True, env=_env(), timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and not (tmp_path / "report.html").exists()
+    lines = [line for line in out.splitlines() if "run `snakemake --cores all --config scale=smoke` first" in line]
+    assert len(lines) == 1, out[-2000:]
+    assert "Traceback" not in out and "marked for report but does not exist" not in out, out[-2000:]

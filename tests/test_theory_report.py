@@ -83,5 +83,6 @@ def test_figures_cli_writes_every_output(tmp_path):
                  "--scale", "smoke", "--out-dir", str(out)])
     names = {p.name for p in out.iterdir()}
     assert names == {"table_theory.csv", "table_theory.md"} | {
-        f"theory_{n}.{e}" for n in ("theorem1", "controlled", "separation") for e in ("png", "pdf")}
+        f"theory_{n}.{e}" for n in ("theorem1", "controlled", "separation") for e in ("png", "pdf")} | {
+        f"{n}.provenance.json" for n in ("table_theory", "theory_theorem1", "theory_controlled", "theory_separation")}
     assert "| experiment" in (out / "table_theory.md").read_text()

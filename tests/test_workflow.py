@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from experiments.common.io import read_json, read_jsonl
+from experiments.common.provenance import without_footer
 
 REPO = Path(__file__).resolve().parents[1]
 SCALES = ("smoke", "tiny", "paper")
@@ -402,8 +403,8 @@ def _tables(root):
         if f.suffix == ".csv":
             df = pd.read_csv(f, dtype=str, keep_default_na=False)
             out[rel] = df.drop(columns=[c for c in df.columns if c in TIMING_COLUMNS]).to_csv(index=False)
-        else:
-            out[rel] = f.read_text()
+        else:  # the provenance line names the date and the code's state: not part of the comparison
+            out[rel] = without_footer(f.read_text())
     return out
 
 

@@ -23,6 +23,7 @@ import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import read_json, save_figure, write_csv, write_text
+from experiments.common.provenance import current_record, stamp
 
 RUN_RE = re.compile(r"ches/(?P<model>[^/]+)/(?P<dataset>[^/]+)/(?P<loss>dpo|ipo)/(?P<measure>[a-z_]+)/"
                     r"q~(?P<quantile>[0-9.]+)/seed~(?P<seed>\d+)/?$")
@@ -130,6 +131,7 @@ def main(argv=None):
     write_text(out / "table_ches.md",
                table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="—") + "\n")
     ches_figure(runs, str(out / "ches_quantiles"))
+    stamp([out / "table_ches", out / "ches_quantiles"], current_record(args.scale, args.runs))
 
 
 if __name__ == "__main__":

@@ -165,8 +165,10 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def git_revision() -> dict:
-    root = Path(__file__).resolve().parents[2]
+def git_revision(root: str | os.PathLike | None = None) -> dict:
+    """``{"sha", "dirty"}`` of the git checkout at ``root`` (default: this code's); ``None`` values outside git.
+    Dirty means a tracked file differs from HEAD (untracked files do not count)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True

@@ -19,6 +19,7 @@ import seaborn as sns  # noqa: E402
 
 from experiments.common.cli import main_guard  # noqa: E402
 from experiments.common.io import save_figure, write_table, write_text  # noqa: E402
+from experiments.common.provenance import current_record, stamp  # noqa: E402
 from experiments.persona import paper  # noqa: E402
 
 SETTINGS = {("sft", "dpo"): "post-SFT DPO (Table 1)", ("base", "dpo"): "base DPO (Table 2)",
@@ -183,10 +184,13 @@ def main(argv=None):
     p.add_argument("--scale", required=True)
     p.add_argument("--table-prefix", required=True)
     p.add_argument("--figure-prefix", required=True)
+    p.add_argument("--provenance-from", nargs="*", default=[],
+                   help="run folders whose JSON files record the precision (for the provenance sidecars)")
     args = p.parse_args(argv)
     runs, steps = pd.read_csv(args.runs), pd.read_csv(args.steps)
     write_tables(persona_table(runs, args.scale), args.table_prefix)
     trajectory_figure(steps, args.figure_prefix)
+    stamp([args.table_prefix, args.figure_prefix], current_record(args.scale, args.provenance_from))
 
 
 if __name__ == "__main__":

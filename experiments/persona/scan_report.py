@@ -44,6 +44,7 @@ from scipy import stats as sps  # noqa: E402
 
 from experiments.common.cli import main_guard  # noqa: E402
 from experiments.common.io import read_json, save_figure, write_json, write_table  # noqa: E402
+from experiments.common.provenance import current_record, stamp  # noqa: E402
 from experiments.persona.tokens import token_slug  # noqa: E402
 from experiments.summary.intervals import (  # noqa: E402
     INCONCLUSIVE,
@@ -195,6 +196,8 @@ def main(argv=None):
     p.add_argument("--table-prefix", required=True)
     p.add_argument("--figure-prefix", required=True)
     p.add_argument("--summary", required=True)
+    p.add_argument("--provenance-from", nargs="*", default=[],
+                   help="run folders whose JSON files record the precision (for the provenance sidecars)")
     args = p.parse_args(argv)
     selected = [read_json(f) | {"model": Path(f).parent.parent.name} for f in args.selected]
     runs = attach_selection(pd.read_csv(args.scan_runs), selected)
@@ -214,6 +217,7 @@ def main(argv=None):
                               for k, v in summary.items()})    # strict JSON: NaN -> null
     write_table(scan_table(runs), args.table_prefix)
     scatter(runs, summary, args.scale, args.figure_prefix)
+    stamp([args.table_prefix, args.figure_prefix], current_record(args.scale, args.provenance_from))
 
 
 if __name__ == "__main__":

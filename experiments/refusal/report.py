@@ -56,6 +56,7 @@ from experiments.common.io import (
     write_table,
     write_text,
 )
+from experiments.common.provenance import current_record, stamp
 from experiments.summary.intervals import wilson
 
 RUN_RE = re.compile(r"refusal/(?P<model>[^/]+)/(?P<arm>[^/]+)/seed~(?P<seed>\d+)/?$")
@@ -386,6 +387,8 @@ def main(argv=None):
             f.write(f"\nPrompts refused before and complied with after DPO (seed {seed} on both sides; up to five "
                     "per arm):\n\n" + flips.to_markdown(index=False) + "\n")
     refusal_figure(runs, out / "refusal_rates")
+    stamp([out / n for n in ("table_refusal", "table_refusal_top_ches", "table_refusal_composition", "refusal_rates")],
+          current_record(args.scale, [*args.initial, *args.runs]))
     print(table.to_markdown(index=False, disable_numparse=True))
     return table
 

@@ -47,6 +47,7 @@ from scipy import stats as sps
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import read_json, save_figure, write_csv, write_text
+from experiments.common.provenance import current_record, stamp
 
 RUN_RE = re.compile(r"runs/(?P<task>[^/]+)/(?P<init>pretrained|sft_d(?P<d>[0-9.]+)_s(?P<s>[0-9.]+))/"
                     r"(?P<variant>[^/]+)/seed~(?P<seed>\d+)/?$")
@@ -405,6 +406,9 @@ def main(argv=None):
     heuristics_figure(heur, args.threshold, out / "rft_heuristics")
     cheap_sft_figure(cheap, out / "rft_cheap_sft")
     diagnostics_figure(diag, out / "rft_diagnostics")
+    stamp([out / n for n in ("table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft", "rft_finding2",
+                             "rft_heuristics", "rft_cheap_sft", "rft_diagnostics")],
+          current_record(args.scale, args.runs))
     for name in ("table_rft_findings", "table_rft_heuristics", "table_rft_cheap_sft"):
         print((out / f"{name}.md").read_text(encoding="utf-8"))
     return findings, heur, cheap

@@ -56,6 +56,7 @@ import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import read_json, save_figure, write_csv, write_text
+from experiments.common.provenance import current_record, stamp
 from experiments.summary.intervals import Interval, bootstrap_interval, spearman
 
 RUN_RE = re.compile(r"stats/(?P<task>[^/]+)/(?P<model>[^/]+)/?$")
@@ -239,6 +240,7 @@ def main(argv=None):
     write_csv(table, out / "table_reward_stats.csv", float_format=None)
     write_text(out / "table_reward_stats.md", table_markdown(table))
     stats_figure(df, table, args.threshold, str(out / "rft_reward_stats"))
+    stamp([out / "table_reward_stats", out / "rft_reward_stats"], current_record(args.scale, args.stats))
 
 
 if __name__ == "__main__":

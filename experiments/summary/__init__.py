@@ -28,6 +28,7 @@ import pandas as pd
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import write_table, write_text
+from experiments.common.provenance import SUITE_TABLES, current_record, sibling_sidecars, stamp
 from experiments.summary import p1, p2
 from experiments.summary.intervals import NOT_RUN, VERDICTS
 
@@ -116,6 +117,8 @@ def main(argv=None):
     table = summary_table(results, args.scale, args.small_std_threshold)
     prefix = Path(args.out or f"figures/{args.scale}/summary")
     write_table(table, prefix)
+    # the precision and machines of its runs: those the other figures of the scale record in their sidecars
+    stamp([prefix], current_record(args.scale, sibling_sidecars(prefix.parent, skip=SUITE_TABLES)))
     if args.readme:
         sync_readme(Path(args.readme), Path(f"{prefix}.md").read_text(encoding="utf-8"), args.scale)
     print(table.to_markdown(index=False))

@@ -24,6 +24,7 @@ import seaborn as sns
 
 from experiments.common.cli import UserError, main_guard
 from experiments.common.io import read_json, read_jsonl, save_figure, write_csv, write_table
+from experiments.common.provenance import current_record, stamp
 from experiments.theory.separation import fitted_slope
 from experiments.theory.theorem1 import envelope_slope
 
@@ -267,6 +268,8 @@ def main(argv=None):
     theorem1_figure(micro, single, str(out / "theory_theorem1"))
     controlled_figure(ctl, str(out / "theory_controlled"))
     separation_figure(sep, str(out / "theory_separation"))
+    stamp([out / n for n in ("table_theory", "theory_theorem1", "theory_controlled", "theory_separation")],
+          current_record(args.scale))  # the theory branch has no precision setting to record
 
 
 if __name__ == "__main__":

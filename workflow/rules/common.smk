@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -11,6 +12,7 @@ from experiments.common.config import (
     duplicate_key_problem,
     schema_problem,
 )
+from experiments.common.provenance import ReportProvenance, report_mode, report_preflight
 
 SCALES = ("smoke", "tiny", "paper")
 SCALE = str(config.get("scale", "tiny"))
@@ -234,6 +236,14 @@ def persona_scan_run_files(wildcards):
                 f"{token_slug(p['rejected'])}/seed~{seed}/summary.json"
                 for p in pairs for seed in persona_scan_spec()["seeds"]]
     return out
+
+
+def persona_provenance_dirs():
+    """The folders whose JSON files say the precision of the persona table and figure: every DPO/IPO run
+    and the SFT runs they start from."""
+    sft = {os.path.dirname(persona_sft_model(SCALE, m, p)) for m, spec in PERSONA["models"].items()
+           for p in spec["pairs"]}
+    return persona_runs() + sorted(sft)
 
 
 def persona_figures():
@@ -531,6 +541,8 @@ def final_outputs():
 
 
 # ---------------------------------------------------------------- the HTML report (snakemake --report)
+# `snakemake --report` parses this file like a run does; only the command line says a report was asked for.
+REPORT_MODE = report_mode(sys.argv)  # "now" | "after-run" | None
 REPORT_SECTIONS = {
     "theory": ("P1: vanishing gradients in RFT", "Theorem 1 and the controlled experiments (§3–4)"),
     "reward_stats": ("P1: vanishing gradients in RFT", "GRUE reward statistics, Finding I (§4.1)"),
@@ -543,14 +555,30 @@ REPORT_SECTIONS = {
 
 
 def figure_outputs(name, exts, section):
-    """``figures/{scale}/<name><ext>`` for each ext; the PNG and the CSV go into the report with the
-    caption ``workflow/report/<name>.rst`` under the section's category and subcategory."""
+    """``figures/{scale}/<name><ext>`` for each ext, and the provenance sidecar ``<name>.provenance.json``
+    (experiments.common.provenance); the PNG and the CSV go into the report with the caption
+    ``workflow/report/<name>.rst`` under the section's category and subcategory. When a report is built
+    now, a file that does not exist here is left out of it (the report's top says so) instead of failing it."""
     category, subcategory = REPORT_SECTIONS[section]
     out = []
     for ext in exts:
         path = f"figures/{{scale}}/{name}{ext}"
-        if ext in (".png", ".csv"):
+        if ext in (".png", ".csv") and (REPORT_MODE != "now" or os.path.exists(path.format(scale=SCALE))):
             path = report(path, caption=f"../report/{name}.rst", category=category, subcategory=subcategory,
                           labels={"file": f"{name}{ext}"})
         out.append(path)
-    return out
+    return out + [f"figures/{{scale}}/{name}.provenance.json"]
+
+
+def reported_files():
+    """The figures and tables of this scale that the report shows (PNG and CSV)."""
+    return [f for f in final_outputs() if f.startswith("figures/") and f.endswith((".png", ".csv"))]
+
+
+if REPORT_MODE:
+    _reported = reported_files()
+    _nothing = report_preflight(SCALE, _reported, [f for f in _reported if os.path.exists(f)])
+    if REPORT_MODE == "now" and _nothing:
+        sys.exit(_nothing)  # one line that says what to run, not Snakemake's error for the first missing file
+    # the captions' provenance lines and the report's top note, read from figures/<scale>/ when rendered
+    config["provenance"] = ReportProvenance(SCALE, _reported)

@@ -159,6 +159,7 @@ rule persona_figures:
         "benchmarks/{scale}/persona_figures.tsv",
     params:
         scale="{scale}",
+        provenance=persona_provenance_dirs(),
     threads: 1
     resources:
         mem_mb=2000,
@@ -168,7 +169,8 @@ rule persona_figures:
     shell:
         "python -m experiments.persona.figures --runs {input.runs} --steps {input.steps}"
         " --scale {params.scale} --table-prefix figures/{wildcards.scale}/table_persona"
-        " --figure-prefix figures/{wildcards.scale}/persona_pi_chosen > {log} 2>&1"
+        " --figure-prefix figures/{wildcards.scale}/persona_pi_chosen --provenance-from {params.provenance}"
+        " > {log} 2>&1"
 
 
 checkpoint persona_scan:
@@ -282,6 +284,7 @@ rule persona_scan_report:
         scan_runs="results/{scale}/persona/scan_runs.csv",
         selected=persona_scan_selected,
         runs="results/{scale}/persona/runs.csv",
+        scan_summaries=persona_scan_run_files,  # their run folders record the precision (provenance)
     output:
         table=figure_outputs("table_persona_scan", (".csv", ".md"), "persona"),
         figure=figure_outputs("persona_scan", (".png", ".pdf"), "persona"),
@@ -301,4 +304,5 @@ rule persona_scan_report:
     shell:
         "python -m experiments.persona.scan_report --scan-runs {input.scan_runs} --selected {input.selected}"
         " --runs {input.runs} --scale {params.scale} --table-prefix figures/{wildcards.scale}/table_persona_scan"
-        " --figure-prefix figures/{wildcards.scale}/persona_scan --summary {output.summary} > {log} 2>&1"
+        " --figure-prefix figures/{wildcards.scale}/persona_scan --summary {output.summary}"
+        " --provenance-from {input.scan_summaries} > {log} 2>&1"
