@@ -1,25 +1,7 @@
 # P2 §5: CHES scores of preference pairs, and DPO on subsets at quantiles of each similarity measure (Fig. 2).
 
 
-# ---------------------------------------------------------------- CHES: target helpers
-# (defined before the rules: some are called while the rules are parsed)
-def ches_runs():
-    d = CHES["dpo"]
-    return [
-        f"results/{SCALE}/ches/{m}/{ds}/{loss}/{measure}/q~{q:g}/seed~{seed}"
-        for m in CHES["models"]
-        for ds in CHES["datasets"]
-        for loss in d["losses"]
-        for measure in CHES["measures"]
-        for q in CHES["quantiles"]
-        for seed in CHES["seeds"]
-    ]
-
-
-def ches_figures():
-    return [f"figures/{SCALE}/table_ches.{ext}" for ext in ("csv", "md")] + [
-        f"figures/{SCALE}/ches_quantiles.{ext}" for ext in ("png", "pdf")
-    ]
+include: "ches_helpers.smk"
 
 
 rule prepare_preferences:

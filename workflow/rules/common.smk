@@ -92,6 +92,13 @@ wildcard_constraints:
     sfrac=r"[0-9.]+",
 
 
+# the spec of a prepared model: prepare_model (models.smk) serves every branch
+def model_spec_json(wildcards):
+    if wildcards.model not in config["models"]:
+        raise WorkflowError(f"model {wildcards.model!r} is not in the config's models")
+    return json.dumps(config["models"][wildcards.model], sort_keys=True)
+
+
 def final_outputs():
     # The tidy CSVs are targets too: figures/tiny/ is committed (README gallery), so on a fresh clone
     # the figures alone would look up to date; the missing CSVs make the whole branch run.

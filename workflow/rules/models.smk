@@ -1,11 +1,3 @@
-# ---------------------------------------------------------------- the model spec of a prepared model
-# (defined before the rules: some are called while the rules are parsed)
-def model_spec_json(wildcards):
-    if wildcards.model not in config["models"]:
-        raise WorkflowError(f"model {wildcards.model!r} is not in the config's models")
-    return json.dumps(config["models"][wildcards.model], sort_keys=True)
-
-
 rule prepare_model:
     output:
         directory("resources/models/{model}"),
