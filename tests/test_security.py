@@ -65,11 +65,13 @@ def test_model_weights_are_loaded_as_safetensors_only():
                 continue
             kw = {k.arg: k.value for k in node.keywords}
             ok = isinstance(kw.get("use_safetensors"), ast.Constant) and kw["use_safetensors"].value is True
-            # the one conversion step, experiments/models/prepare.py, writes the safetensors every later load
-            # reads: from a sha256-checked GGUF, or from the Hub, where transformers reads a .bin only with
-            # torch.load(weights_only=True) (some of the paper's 2021-22 repos ship no safetensors)
-            if path.name == "prepare.py" and ("gguf_file" in kw or "trust_remote_code" in ast.unparse(node)
-                                              or any(k.arg is None for k in node.keywords)):
+            # the one conversion step, experiments/models/prepare.py (its sources prepare_gguf.py and
+            # prepare_hub.py), writes the safetensors every later load reads: from a sha256-checked GGUF, or from
+            # the Hub, where transformers reads a .bin only with torch.load(weights_only=True) (some of the
+            # paper's 2021-22 repos ship no safetensors)
+            if path.name in ("prepare_gguf.py", "prepare_hub.py") and (
+                    "gguf_file" in kw or "trust_remote_code" in ast.unparse(node)
+                    or any(k.arg is None for k in node.keywords)):
                 ok = True
             if not ok:
                 missing.append(f"{path.relative_to(REPO)}:{node.lineno}: {name}")

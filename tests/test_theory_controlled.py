@@ -10,6 +10,9 @@ from experiments.common.cli import UserError
 from experiments.common.io import read_json, read_jsonl
 from experiments.theory import controlled as C
 from experiments.theory import controlled_data as D
+from experiments.theory import controlled_models as CM
+from experiments.theory import controlled_objectives as CO
+from experiments.theory import controlled_task as CT
 
 
 @pytest.fixture
@@ -21,7 +24,7 @@ def offline(monkeypatch):
 # ------------------------------------------------------------------ K-sets and soft targets
 
 def test_k_label_sets_contain_class_and_k_distinct_labels():
-    sets = C.k_label_sets(10, 5, np.random.default_rng(0))
+    sets = CT.k_label_sets(10, 5, np.random.default_rng(0))
     assert sorted(sets) == list(range(10))
     for c, s in sets.items():
         assert c in s
@@ -30,23 +33,23 @@ def test_k_label_sets_contain_class_and_k_distinct_labels():
 
 
 def test_k_label_sets_deterministic_per_seed():
-    a = C.k_label_sets(10, 5, np.random.default_rng(3))
-    b = C.k_label_sets(10, 5, np.random.default_rng(3))
-    c = C.k_label_sets(10, 5, np.random.default_rng(4))
+    a = CT.k_label_sets(10, 5, np.random.default_rng(3))
+    b = CT.k_label_sets(10, 5, np.random.default_rng(3))
+    c = CT.k_label_sets(10, 5, np.random.default_rng(4))
     assert a == b
     assert a != c
 
 
 def test_k_label_sets_bad_k():
     with pytest.raises(ValueError):
-        C.k_label_sets(10, 11, np.random.default_rng(0))
-    assert C.k_label_sets(4, 1, np.random.default_rng(0)) == {0: [0], 1: [1], 2: [2], 3: [3]}
+        CT.k_label_sets(10, 11, np.random.default_rng(0))
+    assert CT.k_label_sets(4, 1, np.random.default_rng(0)) == {0: [0], 1: [1], 2: [2], 3: [3]}
 
 
 def test_soft_targets_uniform_over_k_set_and_per_class():
-    sets = C.k_label_sets(10, 5, np.random.default_rng(0))
+    sets = CT.k_label_sets(10, 5, np.random.default_rng(0))
     y = torch.tensor([0, 3, 3, 9, 0])
-    q = C.soft_targets(y, sets, 10)
+    q = CT.soft_targets(y, sets, 10)
     assert q.shape == (5, 10)
     torch.testing.assert_close(q.sum(-1), torch.ones(5))
     for i, c in enumerate(y.tolist()):
@@ -62,36 +65,36 @@ def test_soft_targets_uniform_over_k_set_and_per_class():
 @pytest.mark.parametrize("n, expected", [(1000, 100), (1437, 144), (15, 2)])
 def test_modify_labels_exact_fraction_outside_k_set(n, expected):
     rng = np.random.default_rng(1)
-    sets = C.k_label_sets(10, 5, rng)
+    sets = CT.k_label_sets(10, 5, rng)
     y = torch.as_tensor(np.random.default_rng(2).integers(0, 10, n))
-    y_new, mod = C.modify_labels(y, sets, 0.1, np.random.default_rng(5))
+    y_new, mod = CT.modify_labels(y, sets, 0.1, np.random.default_rng(5))
     assert int(mod.sum()) == expected == round(0.1 * n)
     assert torch.equal(y_new[~mod], y[~mod])
     for i in torch.nonzero(mod).squeeze(-1).tolist():
         assert int(y_new[i]) not in sets[int(y[i])]
-    y_again, mod_again = C.modify_labels(y, sets, 0.1, np.random.default_rng(5))
+    y_again, mod_again = CT.modify_labels(y, sets, 0.1, np.random.default_rng(5))
     assert torch.equal(y_again, y_new) and torch.equal(mod_again, mod)
 
 
 def test_modify_labels_needs_labels_outside():
-    sets = C.k_label_sets(5, 5, np.random.default_rng(0))
+    sets = CT.k_label_sets(5, 5, np.random.default_rng(0))
     with pytest.raises(ValueError):
-        C.modify_labels(torch.arange(5).repeat(4), sets, 0.5, np.random.default_rng(0))
+        CT.modify_labels(torch.arange(5).repeat(4), sets, 0.5, np.random.default_rng(0))
 
 
 def test_digits_split_and_subsample():
-    X, y, X_te, _, n_classes = C.load_dataset("digits", 0)
+    X, y, X_te, _, n_classes = CT.load_dataset("digits", 0)
     assert n_classes == 10 and X.shape == (1437, 64) and X_te.shape == (360, 64)
     assert X.dtype == torch.float32 and y.dtype == torch.long
     assert abs(float(X.mean())) < 1e-4  # standardised with train statistics
-    _, mod = C.modify_labels(y, C.k_label_sets(10, 5, np.random.default_rng(0)), 0.1, np.random.default_rng(0))
+    _, mod = CT.modify_labels(y, CT.k_label_sets(10, 5, np.random.default_rng(0)), 0.1, np.random.default_rng(0))
     assert int(mod.sum()) == 144
-    d = C.load_data("digits", 0, n_train=100, n_test=50)
+    d = CT.load_data("digits", 0, n_train=100, n_test=50)
     assert d.X.shape == (100, 64) and d.X_test.shape == (50, 64) and len(d.fingerprint) == 64
-    assert C.load_data("digits", 0, n_train=100, n_test=50).fingerprint == d.fingerprint
-    assert C.load_data("digits", 1, n_train=100, n_test=50).fingerprint != d.fingerprint
+    assert CT.load_data("digits", 0, n_train=100, n_test=50).fingerprint == d.fingerprint
+    assert CT.load_data("digits", 1, n_train=100, n_test=50).fingerprint != d.fingerprint
     with pytest.raises(UserError, match="only 1437"):
-        C.load_data("digits", 0, n_train=5000)
+        CT.load_data("digits", 0, n_train=5000)
 
 
 # ------------------------------------------------------------------ rewards and stds
@@ -103,14 +106,14 @@ def _logits_from_probs(p):
 def test_expected_reward_and_std_hand_computed():
     logits = _logits_from_probs([[0.5, 0.25, 0.25]])
     label = torch.tensor([0])
-    torch.testing.assert_close(C.expected_reward(logits, label, -1.0), torch.tensor([0.0], dtype=torch.float64))
-    torch.testing.assert_close(C.reward_std(logits, label, -1.0), torch.tensor([1.0], dtype=torch.float64))
-    torch.testing.assert_close(C.expected_reward(logits, label, 0.5), torch.tensor([0.75], dtype=torch.float64))
-    torch.testing.assert_close(C.reward_std(logits, label, 0.5), torch.tensor([0.25], dtype=torch.float64))
+    torch.testing.assert_close(CO.expected_reward(logits, label, -1.0), torch.tensor([0.0], dtype=torch.float64))
+    torch.testing.assert_close(CO.reward_std(logits, label, -1.0), torch.tensor([1.0], dtype=torch.float64))
+    torch.testing.assert_close(CO.expected_reward(logits, label, 0.5), torch.tensor([0.75], dtype=torch.float64))
+    torch.testing.assert_close(CO.reward_std(logits, label, 0.5), torch.tensor([0.25], dtype=torch.float64))
     # label with p = 0.25: V = 0.25 − 0.75 = −0.5, E r² = 1, STD = sqrt(1 − 0.25)
-    torch.testing.assert_close(C.expected_reward(logits, torch.tensor([1]), -1.0),
+    torch.testing.assert_close(CO.expected_reward(logits, torch.tensor([1]), -1.0),
                                torch.tensor([-0.5], dtype=torch.float64))
-    torch.testing.assert_close(C.reward_std(logits, torch.tensor([1]), -1.0),
+    torch.testing.assert_close(CO.reward_std(logits, torch.tensor([1]), -1.0),
                                torch.tensor([math.sqrt(0.75)], dtype=torch.float64))
 
 
@@ -123,16 +126,16 @@ def test_reward_std_matches_general_formula_per_input_wrong_reward():
     r = torch.where(torch.nn.functional.one_hot(labels, 7).bool(), torch.ones(()), w[:, None]).double()
     v = (p * r).sum(-1)
     std = ((p * r ** 2).sum(-1) - v ** 2).sqrt()
-    torch.testing.assert_close(C.expected_reward(logits, labels, w), v)
-    torch.testing.assert_close(C.reward_std(logits, labels, w), std)
+    torch.testing.assert_close(CO.expected_reward(logits, labels, w), v)
+    torch.testing.assert_close(CO.reward_std(logits, labels, w), std)
 
 
 def test_wrong_rewards_custom_only_on_modified():
     mod = torch.tensor([True, False, True])
-    assert C.wrong_rewards(mod, "labels").tolist() == [-1.0, -1.0, -1.0]
-    assert C.wrong_rewards(mod, "labels_with_custom", 0.5).tolist() == [0.5, -1.0, 0.5]
+    assert CT.wrong_rewards(mod, "labels").tolist() == [-1.0, -1.0, -1.0]
+    assert CT.wrong_rewards(mod, "labels_with_custom", 0.5).tolist() == [0.5, -1.0, 0.5]
     with pytest.raises(UserError):
-        C.wrong_rewards(mod, "nope")
+        CT.wrong_rewards(mod, "nope")
 
 
 # ------------------------------------------------------------------ gradients
@@ -149,7 +152,7 @@ def _tiny_problem():
 def test_rft_exact_gradient_matches_finite_differences():
     X, W, labels, w = _tiny_problem()
     W = W.requires_grad_()
-    (grad,) = torch.autograd.grad(-C.rft_exact_loss(X @ W.T, labels, w), W)  # ∇ mean V
+    (grad,) = torch.autograd.grad(-CO.rft_exact_loss(X @ W.T, labels, w), W)  # ∇ mean V
     fd = torch.zeros_like(W)
     eps = 1e-6
     with torch.no_grad():
@@ -158,8 +161,8 @@ def test_rft_exact_gradient_matches_finite_differences():
                 Wp, Wm = W.clone(), W.clone()
                 Wp[i, j] += eps
                 Wm[i, j] -= eps
-                fd[i, j] = (C.expected_reward(X @ Wp.T, labels, w).mean()
-                            - C.expected_reward(X @ Wm.T, labels, w).mean()) / (2 * eps)
+                fd[i, j] = (CO.expected_reward(X @ Wp.T, labels, w).mean()
+                            - CO.expected_reward(X @ Wm.T, labels, w).mean()) / (2 * eps)
     torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-9)
     assert grad.abs().max() > 1e-3  # not trivially zero
 
@@ -168,14 +171,14 @@ def test_reinforce_gradient_is_unbiased_for_exact_gradient():
     """Σ_y p(y|x)·∇[−r(x,y) ln p(y|x)] summed per input equals ∇(−V(x)), averaged over inputs."""
     X, W, labels, w = _tiny_problem()
     W = W.requires_grad_()
-    (exact,) = torch.autograd.grad(C.rft_exact_loss(X @ W.T, labels, w), W)
+    (exact,) = torch.autograd.grad(CO.rft_exact_loss(X @ W.T, labels, w), W)
     expected = torch.zeros_like(W)
     n, n_classes = len(labels), W.shape[0]
     p = torch.softmax(X @ W.T, -1).detach()
     for i in range(n):
         for y in range(n_classes):
             (g,) = torch.autograd.grad(
-                C.reinforce_loss(X[i:i + 1] @ W.T, labels[i:i + 1], w[i:i + 1], torch.tensor([y])), W)
+                CO.reinforce_loss(X[i:i + 1] @ W.T, labels[i:i + 1], w[i:i + 1], torch.tensor([y])), W)
             expected += p[i, y] * g / n
     torch.testing.assert_close(expected, exact)
 
@@ -190,8 +193,8 @@ def test_rft_gradient_vanishes_with_reward_std():
         z = logits.clone()
         z[0, 0] -= gap
         z.requires_grad_()
-        (g,) = torch.autograd.grad(-C.rft_exact_loss(z, label, -1.0), z)
-        norms.append((float(g.norm()), float(C.reward_std(z.detach(), label, -1.0))))
+        (g,) = torch.autograd.grad(-CO.rft_exact_loss(z, label, -1.0), z)
+        norms.append((float(g.norm()), float(CO.reward_std(z.detach(), label, -1.0))))
     assert norms[0][0] > 1e3 * norms[2][0]
     assert norms[0][1] > norms[1][1] > norms[2][1]
     for gn, std in norms:  # ‖∂V/∂z‖ ≤ 2·STD for ±1 rewards
@@ -378,9 +381,9 @@ def test_png_decoding_round_trip():
 
 
 def test_load_data_mnist_is_flattened_for_the_mlp(fake_mirror):
-    d = C.load_data("mnist", 0, n_train=20, n_test=10, mirror=str(fake_mirror))
+    d = CT.load_data("mnist", 0, n_train=20, n_test=10, mirror=str(fake_mirror))
     assert d.X.shape == (20, 784) and d.X_test.shape == (10, 784) and d.n_classes == 10
-    d = C.load_data("cifar10", 0, n_train=0, n_test=0, mirror=str(fake_mirror))
+    d = CT.load_data("cifar10", 0, n_train=0, n_test=0, mirror=str(fake_mirror))
     assert d.X.shape == (24, 3, 32, 32)
 
 
@@ -388,7 +391,7 @@ def test_stsb_rounding_and_loader(fake_mirror, bert_dir):
     assert D.round_stsb([0, 0.4, 0.5, 1.5, 2.5, 3.5, 4.6, 5.0]).tolist() == [0, 0, 0, 2, 2, 4, 5, 5]  # ties to even
     with pytest.raises(UserError, match=r"\[0, 5\]"):
         D.round_stsb([1.0, -1.0])  # the unlabelled GLUE test split
-    tok = C.load_bert_tokenizer(bert_dir)
+    tok = CM.load_bert_tokenizer(bert_dir)
     tr, te, fp = D.load_stsb(0, 0, 0, tok, str(fake_mirror))
     assert set(tr.features) == {"input_ids", "attention_mask", "token_type_ids"}
     n, length = tr.features["input_ids"].shape
@@ -404,9 +407,9 @@ def test_stsb_rounding_and_loader(fake_mirror, bert_dir):
 def test_paper_scale_offline_without_mirror_names_the_env_var(offline, tmp_path):
     for name in ("mnist", "cifar10", "stsb"):
         with pytest.raises(UserError, match="SUITE_DATA_MIRROR"):
-            C.load_data(name, 0, tokenizer=object())
+            CT.load_data(name, 0, tokenizer=object())
     with pytest.raises(UserError, match="has no file 'controlled/mnist/mnist/train"):
-        C.load_data("mnist", 0, mirror=str(tmp_path))
+        CT.load_data("mnist", 0, mirror=str(tmp_path))
 
 
 # ------------------------------------------------------------------ architectures and chunked metrics
@@ -420,7 +423,7 @@ def test_resnet18_forward_shape_and_parameter_count():
     #   stage4 (256·512·9 + 512·512·9 + 2048 + 256·512 + 1024) + (2·512·512·9 + 2048) = 8,393,728
     #   head   512·10 + 10                                                      =     5,130
     #   total                                                                   = 11,173,962
-    model = C.ResNet18(10, 3)
+    model = CM.ResNet18(10, 3)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
     assert model.stem[0].kernel_size == (3, 3) and model.stem[0].stride == (1, 1)
@@ -433,38 +436,38 @@ def test_new_bert_pretrained_or_random(bert_dir):
 
     saved = load_file(bert_dir / "model.safetensors")
     key = "bert.embeddings.word_embeddings.weight"
-    model, cfg = C.new_bert(bert_dir, 6, "pretrained")
+    model, cfg = CM.new_bert(bert_dir, 6, "pretrained")
     assert torch.equal(model.hf.state_dict()[key], saved[key])  # the folder's encoder, a new 6-way head
     assert model.hf.classifier.out_features == 6 and cfg["hidden_dropout_prob"] == 0
     assert cfg["attention_probs_dropout_prob"] == 0 and cfg["classifier_dropout"] == 0
-    rebuilt = C.build_model({"arch": "bert", "bert_config": cfg})
+    rebuilt = CM.build_model({"arch": "bert", "bert_config": cfg})
     rebuilt.load_state_dict(model.state_dict())
     batch = {"input_ids": torch.tensor([[2, 6, 7, 3, 9, 3]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(batch), model.eval()(batch))
-    random, _ = C.new_bert(bert_dir, 6, "random")
+    random, _ = CM.new_bert(bert_dir, 6, "random")
     assert not torch.equal(random.hf.state_dict()[key], saved[key])
     with pytest.raises(UserError, match="config.json"):
-        C.new_bert(bert_dir / "nope", 6, "pretrained")
+        CM.new_bert(bert_dir / "nope", 6, "pretrained")
 
 
 def test_group_metrics_do_not_depend_on_chunking():
     torch.manual_seed(0)
-    model = C.make_mlp(6, [8], 4).double()
+    model = CM.make_mlp(6, [8], 4).double()
     X = torch.randn(11, 6, dtype=torch.float64)
     labels = torch.randint(0, 4, (11,))
     w = torch.tensor([-1.0, 0.5] * 5 + [-1.0], dtype=torch.float64)
     mask = torch.tensor([True, False] * 5 + [True])
     for method in ("sft", "rft_exact"):
-        full = C.group_metrics(model, X, labels, w, mask, method, chunk=1000)
-        chunked = C.group_metrics(model, X, labels, w, mask, method, chunk=2)
+        full = CO.group_metrics(model, X, labels, w, mask, method, chunk=1000)
+        chunked = CO.group_metrics(model, X, labels, w, mask, method, chunk=2)
         assert full.keys() == chunked.keys() and full["n"] == 6
         for k in full:
             assert chunked[k] == pytest.approx(full[k], rel=1e-9, abs=1e-12), k
     # the unchunked value matches a direct computation of ‖∇ mean V‖
     logits = model(X[mask])
     (g,) = [torch.cat([t.flatten() for t in torch.autograd.grad(
-        C.expected_reward(logits, labels[mask], w[mask]).mean(), list(model.parameters()))])]
+        CO.expected_reward(logits, labels[mask], w[mask]).mean(), list(model.parameters()))])]
     assert full["grad_norm_reward"] == pytest.approx(float(g.norm()), rel=1e-9)
 
 
@@ -474,7 +477,7 @@ def test_group_metrics_use_eval_mode_and_restore_it():
     model.train()
     before = model[1].running_mean.clone()
     X, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
-    C.group_metrics(model, X, labels, torch.full((8,), -1.0), torch.ones(8, dtype=torch.bool), "rft_exact", chunk=1)
+    CO.group_metrics(model, X, labels, torch.full((8,), -1.0), torch.ones(8, dtype=torch.bool), "rft_exact", chunk=1)
     assert model.training and torch.equal(model[1].running_mean, before)  # chunk=1 works too (running stats)
 
 
@@ -526,8 +529,8 @@ def test_cli_finetune_refuses_different_data(tmp_path, fake_mirror, offline, cap
 def test_cli_cifar10_resnet_end_to_end(tmp_path, fake_mirror, offline, monkeypatch):
     """The ResNet18 path (BatchNorm, train/eval switches, checkpoint round trip) with widths 4–32
     instead of 64–512: the full width costs ~1 s per forward pass on a 2-core CPU."""
-    full = C.ResNet18
-    monkeypatch.setattr(C, "ResNet18", lambda n_classes, in_channels: full(n_classes, in_channels, width=4))
+    full = CM.ResNet18
+    monkeypatch.setattr(CM, "ResNet18", lambda n_classes, in_channels: full(n_classes, in_channels, width=4))
     ckpt = tmp_path / "cifar.pt"
     C.main(["pretrain", "--dataset", "cifar10", "--mirror", str(fake_mirror), "--n-train", "4", "--n-test", "1",
             "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1", "--out", str(ckpt)])

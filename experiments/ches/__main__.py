@@ -43,8 +43,9 @@ def _score(args) -> None:
 
         hf_logging.disable_progress_bar()
         device = resolve_device(args.device)
+        seq = (args.max_prompt_tokens + args.max_response_tokens) or 256
         args.precision = resolve_precision(   # auto -> bf16 only where it is fast at the scorer's batch shape
-            args.precision, device, tokens=args.batch_size * ((args.max_prompt_tokens + args.max_response_tokens) or 256))
+            args.precision, device, tokens=args.batch_size * seq)
         tok = load_tokenizer(args.model)
         model = load_causal_lm(args.model, device=str(device),
                                dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)

@@ -332,8 +332,8 @@ def run(args) -> list[dict]:
     set_threads(args.threads)
     device = resolve_device(args.device)
     try:
-        precision = resolve_precision(args.precision, device,   # chosen + rejected rows of one batch
-                                       tokens=2 * args.batch_size * ((args.max_prompt_tokens + args.max_response_tokens) or 256))
+        seq = (args.max_prompt_tokens + args.max_response_tokens) or 256
+        precision = resolve_precision(args.precision, device, tokens=2 * args.batch_size * seq)   # chosen + rejected
     except ValueError as e:
         raise UserError(str(e)) from None
 

@@ -64,7 +64,7 @@ log = logging.getLogger("persona.sft")
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if lr <= 0:
         raise UserError(f"learning rate must be > 0, got {lr}")
-    from experiments.common.optim import ChunkedRMSprop   # torch's RMSprop, bit for bit, in cache-sized slices
+    from experiments.common.optim import ChunkedRMSprop  # torch's RMSprop, bit for bit, in cache-sized slices
 
     optimizers = {"rmsprop": ChunkedRMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if name not in optimizers:

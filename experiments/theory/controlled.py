@@ -21,7 +21,8 @@ Setting (Razin et al., ICLR 2024, "P1" §4.2 and its official configs):
    so those inputs start with a high expected reward (the "high initial reward" variant).
 4. **Metrics**, per group (modified / unmodified train inputs) every ``log_every`` epochs: mean V(x)
    under the run's reward, accuracy (argmax == label), mean p(label|x), mean reward std
-   STD_x = sqrt(Σ_y p r² − V²), and gradient norms (see :func:`group_metrics`).
+   STD_x = sqrt(Σ_y p r² − V²), and gradient norms
+   (see :func:`experiments.theory.controlled_objectives.group_metrics`).
 
 Datasets and architectures (the architecture follows from the dataset):
 
@@ -31,7 +32,7 @@ dataset      data                                                  model
 ``digits``   scikit-learn's bundled 8×8 digits (1,797; offline),   MLP ``--hidden`` (ReLU)
              stratified ``--test-frac`` split, standardised
 ``mnist``    ylecun/mnist parquet, 28×28 grey, flattened to 784    MLP ``--hidden`` (paper: 250,100)
-``cifar10``  uoft-cs/cifar10 parquet, 32×32 RGB                    ResNet18 for 32×32 (:class:`ResNet18`)
+``cifar10``  uoft-cs/cifar10 parquet, 32×32 RGB                    ResNet18 for 32×32 (see below)
 ``stsb``     nyu-mll/glue ``stsb`` parquet, sentence pairs,        ``BertForSequenceClassification``
              score rounded to 6 classes; test = validation         from ``--model-dir``, dropout 0
 ===========  ====================================================  =====================================
@@ -83,21 +84,23 @@ kept rows) that finetuning checks. The mirror is *not* recorded: finetuning take
 ``--mirror``. For STS-B the model folder path *is* recorded (its tokenizer rebuilds the token ids);
 ``finetune --model-dir`` overrides it (e.g. on another machine), and the hash catches a tokenizer
 that differs.
+
+Layout: this module holds the two training loops and the CLI; the task (datasets as tensors, K-sets,
+relabelling, rewards) is in :mod:`experiments.theory.controlled_task`, the losses and group metrics in
+:mod:`experiments.theory.controlled_objectives`, the architectures in
+:mod:`experiments.theory.controlled_models`, and the raw data sources in
+:mod:`experiments.theory.controlled_data`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from experiments.common import checkpoint, steptimes
@@ -105,364 +108,39 @@ from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import atomic_path, run_manifest, write_json, write_jsonl
 from experiments.common.torchutil import resolve_device, set_seed, set_threads
 from experiments.theory import controlled_data
+from experiments.theory import controlled_models as models
+from experiments.theory.controlled_objectives import (
+    group_metrics,
+    predict,
+    pretrain_loss,
+    reinforce_loss,
+    rft_exact_loss,
+    sample_labels,
+    sft_loss,
+)
+from experiments.theory.controlled_task import (
+    ARCHITECTURES,
+    DATASETS,
+    REWARDS,
+    k_label_sets,
+    load_data,
+    modify_labels,
+    soft_targets,
+    take,
+    to_device,
+    wrong_rewards,
+)
 
 log = logging.getLogger("theory.controlled")
 
 METHODS = ("sft", "rft_exact", "reinforce")
-REWARDS = ("labels", "labels_with_custom")
 GROUPS = ("modified", "unmodified")
 OPTIMIZERS = ("adam", "sgd")
-DATASETS = ("digits", "mnist", "cifar10", "stsb")
-PAPER_SCALE_DATASETS = ("mnist", "cifar10", "stsb")
-ARCHITECTURES = {"digits": "mlp", "mnist": "mlp", "cifar10": "resnet18", "stsb": "bert"}
-CHUNK = 512  # inputs per forward pass in probes and group metrics
-
-Features = torch.Tensor | dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------
-# data
+# training
 # --------------------------------------------------------------------------------------------
-
-def take(features: Features, idx) -> Features:
-    """Rows ``idx`` of a feature tensor, or of every tensor of a feature dict (BERT inputs)."""
-    if isinstance(features, dict):
-        return {k: v[idx] for k, v in features.items()}
-    return features[idx]
-
-
-def n_rows(features: Features) -> int:
-    return len(next(iter(features.values()))) if isinstance(features, dict) else len(features)
-
-
-def to_device(features: Features, device) -> Features:
-    if isinstance(features, dict):
-        return {k: v.to(device) for k, v in features.items()}
-    return features.to(device)
-
-
-@dataclass
-class Data:
-    X: Features
-    y: torch.Tensor
-    X_test: Features
-    y_test: torch.Tensor
-    n_classes: int
-    fingerprint: str | None
-
-
-def _load_digits(seed: int, test_frac: float):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_frac, random_state=seed, stratify=y)
-    return X_tr, y_tr, X_te, y_te
-
-
-def _standardise(X_tr, X_te):
-    mean, std = X_tr.mean(0), X_tr.std(0)
-    std[std == 0] = 1.0  # border pixels that are always 0 in the train split
-    return (X_tr - mean) / std, (X_te - mean) / std
-
-
-def load_data(name: str, seed: int, test_frac: float = 0.2, *, n_train: int = 0, n_test: int = 0,
-              mirror: str | None = None, tokenizer=None) -> Data:
-    """Load a dataset for the controlled experiments (see the module docstring for each one).
-
-    ``n_train`` / ``n_test``: subsample sizes (seeded by ``seed``; 0 = all rows). ``digits`` is split
-    (stratified, ``test_frac``) before subsampling and standardised per feature with the train
-    subset's statistics; images are normalised per channel; ``stsb`` needs the model's ``tokenizer``.
-    Features: digits / mnist float32 [n, d]; cifar10 float32 [n, 3, 32, 32]; stsb a dict of int64
-    [n, L] tensors. Labels int64 [n].
-    """
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}: use one of {list(DATASETS)}")
-    if name == "digits":
-        if not 0 < test_frac < 1:
-            raise UserError(f"test fraction must be in (0, 1), got {test_frac}")
-        X_tr, y_tr, X_te, y_te = _load_digits(seed, test_frac)
-        rng = np.random.default_rng(seed)
-        r_tr = controlled_data.subsample_rows(len(y_tr), n_train, rng)
-        r_te = controlled_data.subsample_rows(len(y_te), n_test, rng)
-        X_tr, y_tr, X_te, y_te = X_tr[r_tr], y_tr[r_tr], X_te[r_te], y_te[r_te]
-        fp = controlled_data.fingerprint(X_tr.astype(np.int64), y_tr.astype(np.int64),
-                                         X_te.astype(np.int64), y_te.astype(np.int64))
-        X_tr, X_te = _standardise(X_tr, X_te)
-        return Data(torch.as_tensor(X_tr, dtype=torch.float32), torch.as_tensor(y_tr, dtype=torch.long),
-                    torch.as_tensor(X_te, dtype=torch.float32), torch.as_tensor(y_te, dtype=torch.long), 10, fp)
-    n_classes = controlled_data.SOURCES[name].n_classes
-    if name == "stsb":
-        if tokenizer is None:
-            raise UserError("dataset 'stsb' needs the model's tokenizer (--model-dir)")
-        train, test, fp = controlled_data.load_stsb(seed, n_train, n_test, tokenizer, mirror)
-        return Data(train.features, train.labels, test.features, test.labels, n_classes, fp)
-    train, test, fp = controlled_data.load_images(name, seed, n_train, n_test, mirror)
-    X, X_te = train.features, test.features
-    if ARCHITECTURES[name] == "mlp":
-        X, X_te = X.flatten(1), X_te.flatten(1)
-    return Data(X, train.labels, X_te, test.labels, n_classes, fp)
-
-
-def load_dataset(name: str, seed: int, test_frac: float = 0.2, **kwargs):
-    """:func:`load_data` as a tuple ``(X_train, y_train, X_test, y_test, n_classes)``."""
-    d = load_data(name, seed, test_frac, **kwargs)
-    return d.X, d.y, d.X_test, d.y_test, d.n_classes
-
-
-def k_label_sets(n_classes: int, k: int, rng: np.random.Generator) -> dict[int, list[int]]:
-    """Per-class K-sets: class c -> sorted({c} ∪ S_c) with S_c K−1 distinct other labels, drawn once.
-
-    Every input of class c shares this set (the official per-class construction).
-    """
-    if not 1 <= k <= n_classes:
-        raise ValueError(f"k must be in [1, n_classes={n_classes}], got {k}")
-    sets = {}
-    for c in range(n_classes):
-        others = np.array([lab for lab in range(n_classes) if lab != c])
-        extra = rng.choice(others, size=k - 1, replace=False) if k > 1 else np.array([], dtype=int)
-        sets[c] = sorted([c, *(int(e) for e in extra)])
-    return sets
-
-
-def _as_list_of_sets(label_sets: Mapping[int, Sequence[int]] | Sequence[Sequence[int]]) -> list[list[int]]:
-    if isinstance(label_sets, Mapping):
-        return [list(label_sets[c]) for c in range(len(label_sets))]
-    return [list(s) for s in label_sets]
-
-
-def soft_targets(y: torch.Tensor, label_sets, n_classes: int) -> torch.Tensor:
-    """Pretraining targets [n, C]: row i is uniform (1/K each) over the K-set of class y_i, 0 elsewhere."""
-    sets = _as_list_of_sets(label_sets)
-    table = torch.zeros(len(sets), n_classes)
-    for c, s in enumerate(sets):
-        table[c, s] = 1.0 / len(s)
-    return table[torch.as_tensor(y, dtype=torch.long)]
-
-
-def modify_labels(y: torch.Tensor, label_sets, frac: float, rng: np.random.Generator,
-                  n_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relabel exactly ``int(round(frac · n))`` inputs (a seeded permutation picks which).
-
-    Each picked input gets a label drawn uniformly from the labels *outside* the K-set of its true
-    class. Returns ``(y_new [n] int64, modified [n] bool)``; unpicked inputs keep their label.
-    """
-    if not 0 <= frac <= 1:
-        raise ValueError(f"frac must be in [0, 1], got {frac}")
-    sets = _as_list_of_sets(label_sets)
-    n_classes = n_classes or len(sets)
-    y = torch.as_tensor(y, dtype=torch.long)
-    n = len(y)
-    m = round(frac * n)
-    y_new, modified = y.clone(), torch.zeros(n, dtype=torch.bool)
-    for i in rng.permutation(n)[:m].tolist():
-        outside = [lab for lab in range(n_classes) if lab not in sets[int(y[i])]]
-        if not outside:
-            raise ValueError(f"class {int(y[i])}: its K-set covers all {n_classes} labels, nothing to relabel to")
-        y_new[i] = int(rng.choice(outside))
-        modified[i] = True
-    return y_new, modified
-
-
-def wrong_rewards(modified: torch.Tensor, reward: str, custom_reward: float = 0.5) -> torch.Tensor:
-    """Reward of a wrong prediction per input [n]: −1 everywhere (``labels``), or ``custom_reward`` on
-    modified inputs and −1 elsewhere (``labels_with_custom``). A correct prediction always earns +1."""
-    if reward not in REWARDS:
-        raise UserError(f"unknown reward {reward!r}: use one of {list(REWARDS)}")
-    w = torch.full(modified.shape, -1.0)
-    if reward == "labels_with_custom":
-        w[modified] = custom_reward
-    return w
-
-
-# --------------------------------------------------------------------------------------------
-# objectives (pure functions of logits)
-# --------------------------------------------------------------------------------------------
-
-def _label_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits, dim=-1).gather(-1, labels.view(-1, 1)).squeeze(-1)
-
-
-def expected_reward(logits: torch.Tensor, labels: torch.Tensor, wrong_reward) -> torch.Tensor:
-    """V(x) = Σ_y p_θ(y|x) r(x, y) with r = +1 on the label and ``wrong_reward`` (w) elsewhere.
-
-    With p = p_θ(label|x) this is V = p + (1 − p)·w = w + (1 − w)·p.  Shapes: logits [n, C], labels
-    [n], wrong_reward a float or [n]. Returns [n] (differentiable).
-    """
-    w = torch.as_tensor(wrong_reward, dtype=logits.dtype, device=logits.device)
-    p = _label_logprob(logits, labels).exp()
-    return w + (1 - w) * p
-
-
-def reward_std(logits: torch.Tensor, labels: torch.Tensor, wrong_reward) -> torch.Tensor:
-    """STD_x = sqrt(Σ_y p r² − V²), the reward's standard deviation under p_θ(·|x). Returns [n].
-
-    The reward takes two values (1 w.p. p, w w.p. 1 − p), so this equals |1 − w|·sqrt(p(1 − p)),
-    the form computed here (no cancellation when p is tiny).
-    """
-    w = torch.as_tensor(wrong_reward, dtype=logits.dtype, device=logits.device)
-    p = _label_logprob(logits, labels).exp()
-    return (1 - w).abs() * (p * (1 - p)).clamp_min(0).sqrt()
-
-
-def rft_exact_loss(logits: torch.Tensor, labels: torch.Tensor, wrong_reward) -> torch.Tensor:
-    """Exact-gradient RFT loss: −mean_x V(x) (scalar). Its gradient is −mean_x ∇θ V(x)."""
-    return -expected_reward(logits, labels, wrong_reward).mean()
-
-
-def sample_labels(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One sample y_s ~ p_θ(·|x) per row (no gradient). [n, C] -> [n] int64."""
-    probs = torch.softmax(logits.detach().float(), dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
-
-
-def reinforce_loss(logits: torch.Tensor, labels: torch.Tensor, wrong_reward,
-                   samples: torch.Tensor) -> torch.Tensor:
-    """REINFORCE loss, one sample per input, no baseline: −mean_x r(x, y_s)·ln p_θ(y_s|x) (scalar).
-
-    Its expectation over y_s ~ p_θ(·|x) has the gradient of :func:`rft_exact_loss`.
-    """
-    w = torch.as_tensor(wrong_reward, dtype=logits.dtype, device=logits.device)
-    r = torch.where(samples == labels, torch.ones_like(w), w)
-    return -(r * _label_logprob(logits, samples)).mean()
-
-
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """NLL of the labels, mean over inputs (nats)."""
-    return F.cross_entropy(logits, labels)
-
-
-def pretrain_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy towards soft targets: −mean_x Σ_y q(y|x) ln p_θ(y|x) (nats)."""
-    return -(targets * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
-
-
-
-# --------------------------------------------------------------------------------------------
-# models
-# --------------------------------------------------------------------------------------------
-
-def make_mlp(in_dim: int, hidden: Sequence[int], n_classes: int) -> torch.nn.Sequential:
-    """ReLU MLP: in_dim -> hidden[0] -> ... -> n_classes (logits)."""
-    layers, d = [], in_dim
-    for h in hidden:
-        layers += [torch.nn.Linear(d, h), torch.nn.ReLU()]
-        d = h
-    layers.append(torch.nn.Linear(d, n_classes))
-    return torch.nn.Sequential(*layers)
-
-
-class BasicBlock(torch.nn.Module):
-    """Two 3×3 conv + BatchNorm layers with a residual connection (1×1 conv + BN when the shape changes)."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        nn = torch.nn
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
-                         if stride != 1 or c_in != c_out else nn.Identity())
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNet18(torch.nn.Module):
-    """ResNet18 for 32×32 inputs: 3×3 stride-1 stem, no max-pool, [2, 2, 2, 2] BasicBlocks with widths
-    64 / 128 / 256 / 512 (stride 2 from the second stage on), global average pool, linear head.
-    (``width`` scales the four widths; only tests change it.)"""
-
-    def __init__(self, n_classes: int = 10, in_channels: int = 3, width: int = 64):
-        super().__init__()
-        nn = torch.nn
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU())
-        blocks, c = [], width
-        for w, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
-            blocks += [BasicBlock(c, w, stride), BasicBlock(w, w, 1)]
-            c = w
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(c, n_classes)
-        for m in self.modules():  # the usual ResNet initialisation (as torchvision's)
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x):
-        x = self.blocks(self.stem(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-class BertClassifier(torch.nn.Module):
-    """A Hugging Face sequence classifier taking the feature dict and returning the logits."""
-
-    def __init__(self, hf_model):
-        super().__init__()
-        self.hf = hf_model
-
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.hf(**features).logits
-
-
-BERT_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
-
-
-def _model_dir(path: str | Path) -> Path:
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"--model-dir {str(folder)!r} is not a prepared model folder (no config.json); build "
-                        "it with `python -m experiments.models.prepare` (source hub, id prajjwal1/bert-mini)")
-    return folder
-
-
-def load_bert_tokenizer(model_dir: str | Path):
-    from experiments.models.load import load_tokenizer
-
-    folder = _model_dir(model_dir)
-    try:
-        return load_tokenizer(folder)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{folder}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
-
-
-def new_bert(model_dir: str | Path, n_classes: int, init: str) -> tuple[BertClassifier, dict]:
-    """BertForSequenceClassification from a prepared folder: its weights (``pretrained``; the new head
-    is drawn from torch's global RNG) or only its config (``random``), with dropout 0. Returns the
-    model and its config as a plain dict (what :func:`build_model` needs)."""
-    import json
-
-    from transformers import BertConfig, BertForSequenceClassification
-
-    folder = _model_dir(model_dir)
-    try:
-        if init == "pretrained":
-            hf = BertForSequenceClassification.from_pretrained(  # a head of another size is replaced
-                folder, num_labels=n_classes, local_files_only=True, use_safetensors=True,
-                ignore_mismatched_sizes=True, **BERT_DROPOUT)
-        else:
-            hf = BertForSequenceClassification(BertConfig.from_pretrained(
-                folder, num_labels=n_classes, local_files_only=True, **BERT_DROPOUT))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{folder}: cannot load a BERT classifier ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-    return BertClassifier(hf), json.loads(hf.config.to_json_string())
-
-
-def build_model(config: dict) -> torch.nn.Module:
-    """An untrained model of the architecture recorded in a checkpoint's ``config``."""
-    arch = config.get("arch", "mlp")
-    if arch == "mlp":
-        return make_mlp(config["in_dim"], config["hidden"], config["n_classes"])
-    if arch == "resnet18":
-        return ResNet18(config["n_classes"], config["in_channels"])
-    if arch == "bert":
-        from transformers import BertConfig, BertForSequenceClassification
-
-        return BertClassifier(BertForSequenceClassification(BertConfig.from_dict(dict(config["bert_config"]))))
-    raise KeyError(f"unknown architecture {arch!r}")
-
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """``adam`` (defaults otherwise) or ``sgd`` (plain: no momentum, no weight decay; the official code)."""
@@ -478,81 +156,6 @@ def _device(name: str) -> torch.device:
         return resolve_device(name)
     except RuntimeError as e:
         raise UserError(str(e)) from None
-
-
-# --------------------------------------------------------------------------------------------
-# metrics and training
-# --------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """``model.eval()`` inside the block, the previous mode after it."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def predict(model, X: Features, chunk: int = CHUNK) -> torch.Tensor:
-    """Logits [n, C] in eval mode, ``chunk`` inputs per forward pass."""
-    with eval_mode(model):
-        n = n_rows(X)
-        return torch.cat([model(take(X, slice(s, s + chunk))) for s in range(0, n, chunk)])
-
-
-def group_metrics(model, X, labels, wrong_reward, mask, method: str, chunk: int = CHUNK) -> dict[str, float]:
-    """Metrics over the inputs selected by ``mask`` (eval mode, ``chunk`` inputs per forward pass):
-
-    * ``reward``: mean V(x) under the run's reward; ``p_label``: mean p_θ(label|x);
-      ``accuracy``: fraction with argmax == label; ``reward_std``: mean exact STD_x;
-    * ``grad_norm``: ‖∇θ of the group's *mean* objective‖ — mean V for rft_exact and reinforce
-      (REINFORCE's expected gradient), mean NLL for sft. It is a per-input average, so groups of
-      different size compare directly (multiply by the group size for the summed objective's norm);
-    * ``grad_norm_reward``: ‖∇θ mean V‖ for every method, SFT included (same scale across methods).
-
-    The gradient of the group mean is accumulated (in float64) over the chunks, so the result does
-    not depend on ``chunk``.
-    """
-    rows = torch.nonzero(mask).squeeze(-1)
-    n = len(rows)
-    if n == 0:
-        raise ValueError("empty group")
-    params = [p for p in model.parameters() if p.requires_grad]
-    g_reward = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    g_nll = [torch.zeros_like(p, dtype=torch.float64) for p in params] if method == "sft" else None
-    sums = {"reward": 0.0, "p_label": 0.0, "accuracy": 0.0, "reward_std": 0.0}
-
-    def add(acc, grads):
-        for a, g in zip(acc, grads, strict=True):
-            if g is not None:
-                a += g.double()
-
-    with eval_mode(model):
-        for s in range(0, n, chunk):
-            idx = rows[s:s + chunk]
-            yg, wg = labels[idx], wrong_reward[idx]
-            logits = model(take(X, idx))
-            v = expected_reward(logits, yg, wg)
-            add(g_reward, torch.autograd.grad(v.sum() / n, params, retain_graph=g_nll is not None,
-                                              allow_unused=True))
-            if g_nll is not None:
-                add(g_nll, torch.autograd.grad(F.cross_entropy(logits, yg, reduction="sum") / n, params,
-                                               allow_unused=True))
-            with torch.no_grad():
-                sums["reward"] += float(v.sum())
-                sums["p_label"] += float(_label_logprob(logits, yg).exp().sum())
-                sums["accuracy"] += float((logits.argmax(-1) == yg).sum())
-                sums["reward_std"] += float(reward_std(logits, yg, wg).sum())
-
-    def norm(grads):
-        return float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
-
-    gn_reward = norm(g_reward)
-    return {"n": n, **{k: v / n for k, v in sums.items()},
-            "grad_norm": norm(g_nll) if g_nll is not None else gn_reward, "grad_norm_reward": gn_reward}
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator):
@@ -629,7 +232,7 @@ def pretrain(args) -> None:
         if not args.model_dir:
             raise UserError("--dataset stsb needs --model-dir (a prepared prajjwal1/bert-mini folder)")
         model_dir = str(Path(args.model_dir).resolve())
-        tokenizer = load_bert_tokenizer(model_dir)
+        tokenizer = models.load_bert_tokenizer(model_dir)
     data = load_data(args.dataset, data_seed, args.test_frac, n_train=n_train, n_test=n_test,
                      mirror=args.mirror or None, tokenizer=tokenizer)
     n_classes = data.n_classes
@@ -640,13 +243,13 @@ def pretrain(args) -> None:
     arch_config: dict = {"arch": arch}
     set_seed(args.seed)  # the init does not depend on how much randomness the data loading used
     if arch == "mlp":
-        model = make_mlp(data.X.shape[1], hidden, n_classes)
+        model = models.make_mlp(data.X.shape[1], hidden, n_classes)
         arch_config.update(in_dim=int(data.X.shape[1]), hidden=hidden)
     elif arch == "resnet18":
-        model = ResNet18(n_classes, int(data.X.shape[1]))
+        model = models.ResNet18(n_classes, int(data.X.shape[1]))
         arch_config.update(in_channels=int(data.X.shape[1]))
     else:
-        model, bert_config = new_bert(model_dir, n_classes, args.bert_init)
+        model, bert_config = models.new_bert(model_dir, n_classes, args.bert_init)
         arch_config.update(bert_config=bert_config, model_dir=model_dir, bert_init=args.bert_init)
     model.to(device).train()
     X, y, q = to_device(data.X, device), data.y.to(device), q.to(device)
@@ -712,7 +315,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     try:
         ckpt = torch.load(path, weights_only=True, map_location="cpu")
         config = ckpt["config"]
-        model = build_model(config)
+        model = models.build_model(config)
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as e:
         raise UserError(f"{path}: not a controlled-experiment checkpoint ({type(e).__name__}: {e})") from None
@@ -732,7 +335,7 @@ def finetune(args) -> None:
     model, pre = load_checkpoint(args.init)
     tokenizer = None
     if pre.get("arch") == "bert":
-        tokenizer = load_bert_tokenizer(args.model_dir or pre["model_dir"])
+        tokenizer = models.load_bert_tokenizer(args.model_dir or pre["model_dir"])
     data = load_data(pre["dataset"], pre["data_seed"], pre["test_frac"], n_train=pre.get("n_train", 0),
                      n_test=pre.get("n_test", 0), mirror=args.mirror or None, tokenizer=tokenizer)
     if pre.get("data_sha256") and data.fingerprint != pre["data_sha256"]:

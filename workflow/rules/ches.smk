@@ -1,6 +1,9 @@
 # P2 §5: CHES scores of preference pairs, and DPO on subsets at quantiles of each similarity measure (Fig. 2).
 
 
+include: "ches_helpers.smk"
+
+
 rule prepare_preferences:
     output:
         "resources/data/preferences/{dataset_pref}.jsonl",

@@ -2,6 +2,9 @@
 # theory-guided scan of token pairs (Theorems 4-5: predicted against observed displacement).
 
 
+include: "persona_helpers.smk"
+
+
 rule persona_sft:
     input:
         model="resources/models/{model}",

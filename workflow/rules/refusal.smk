@@ -3,6 +3,9 @@
 # DPO+SFT (λ by the paper's rule), gold refusal-vs-compliance pairs, and the 5 % lowest-CHES pairs.
 
 
+include: "refusal_helpers.smk"
+
+
 rule refusal_prompts:
     output:
         "resources/data/refusal/{refusal_source}.jsonl",

@@ -1,6 +1,9 @@
 # P1 §4.1 GRUE. Finding I: per-input reward mean/std of k samples under the pretrained model.
 
 
+include: "rft_helpers.smk"
+
+
 rule prepare_grue_task:
     output:
         "resources/data/grue/{loader}.jsonl",  # named by loader: tiny and paper "imdb" differ

@@ -1,6 +1,9 @@
 # P1 §3-4: Theorem 1 checked on every input, the controlled SFT-vs-RFT experiments, the separation.
 
 
+include: "theory_helpers.smk"
+
+
 rule theorem1_micro:
     output:
         "results/{scale}/theory/theorem1/micro.csv",
