@@ -222,15 +222,27 @@ def make_trainer(model, tokenizer, rows: list[dict], *, encoder_decoder: bool, m
         trainer = Seq2SeqTrainer(model=model, args=Seq2SeqTrainingArguments(**common), train_dataset=ds,
                                  data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     else:
+        from transformers import Trainer
         from trl import SFTConfig, SFTTrainer
+
+        class PlainLossSFTTrainer(SFTTrainer):
+            """TRL's SFTTrainer with transformers' own loss: the model's shifted cross-entropy, averaged over
+            the completion tokens (labels -100 on prompt and padding). TRL's default takes it through a fused
+            LM head that also logs entropy and token accuracy, which the suite does not read; on a CPU that
+            path costs about a third of each step (SmolLM2-135M, 8 x 128 tokens, bf16, 1 thread: 8.0 -> 5.4 s).
+            The two losses agree to rounding (the same NLL; tests/test_rft_sft.py checks it by hand)."""
+
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
 
         cfg = SFTConfig(**common, max_length=None, packing=False, padding_free=False, completion_only_loss=True,
                         assistant_only_loss=False, shuffle_dataset=False, loss_type="nll")
         ds = Dataset.from_list([{"input_ids": r["prompt_ids"] + r["target_ids"],
                                  "completion_mask": [0] * len(r["prompt_ids"]) + [1] * len(r["target_ids"])}
                                 for r in rows])
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
-                             callbacks=callbacks)
+        trainer = PlainLossSFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
+                                      callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # one dict per step on stdout; progress goes through `log`
     return trainer
 
