@@ -195,16 +195,23 @@ def pair_logps(model, rows: list[dict], *, batch_size: int, precision: str, pad_
 def _trainer_class():
     from trl import DPOTrainer
 
+    from experiments.common.plain_head import plain_lm_head
     from experiments.persona.losses import preference_loss
 
     class PretokenizedDPOTrainer(DPOTrainer):
         """DPOTrainer on a dataset that already holds TRL's tokenised columns (``prompt_ids``,
         ``chosen_ids``, ``rejected_ids``) and the reference log-probs (``ref_chosen_logps``,
-        ``ref_rejected_logps``): both preparation passes are identities.
+        ``ref_rejected_logps``): both preparation passes are identities. On a CPU the policy's
+        ``fused_lm_head`` forward is :func:`experiments.common.plain_head.plain_lm_head`'s.
 
         ``loss_type=["ipo"]`` is P2's IPO on token-summed log-ratios, not TRL's length-normalised one:
         TRL's ``_compute_loss`` runs as usual (forward pass, metrics), the policy's per-token log-probs
         of that forward are kept, and the loss it returns is replaced by (h − 1/(2τ))² over their sums."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if next(self.model.parameters()).device.type == "cpu":  # GPUs keep TRL's memory-saving tiled head
+                plain_lm_head(self.model)  # 2.2x faster steps on a CPU, same log-probs to rounding
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
