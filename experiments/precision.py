@@ -80,7 +80,8 @@ def choices(cfg: dict) -> list[dict]:
 def render(rows: list[dict], probe: dict) -> str:
     lines = [f"Precision per rule on {probe['cpu']} (torch capability {probe['capability']}, AMX "
              f"{'yes' if probe.get('amx') else 'no'}, {probe['threads']} threads, torch {probe['torch']}). "
-             "Probe: a 576x1536 matmul at the rule's row count, best of 5; `auto` takes bf16 at >= "
+             "Probe: a 576x1536 matmul at the rule's row count, best of 7 interleaved fp32/bf16 trials; "
+             "`auto` takes bf16 at >= "
              f"{probe.get('min_speedup', 1.2)}x fp32.", "",
              "| rule | config key | configured | rows | fp32 GFLOP/s | bf16 GFLOP/s | bf16/fp32 | runs |",
              "|---|---|---|---:|---:|---:|---:|---|"]
