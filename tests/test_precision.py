@@ -71,3 +71,24 @@ def test_the_table_says_what_runs_and_a_forced_value_wins_over_the_probe(tmp_pat
                                                      else "fp32")
     text = precision_table.render(rows, torchutil.cpu_precision_probe(16) | {"min_speedup": 1.2})
     assert "| ches_score | `ches.score.precision` | fp32 | 16 (~16) |" in text
+
+
+def test_the_probe_casts_its_weight_to_bf16_once_as_inside_a_model():
+    """Autocast's cast cache is cleared when the outermost autocast exits: the probe must keep one open
+    across its trials, or every bf16 trial pays the weight's cast (bf16 under-rated at decode row counts)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Casts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            x = args[0] if args else None
+            if (func is torch.ops.aten._to_copy.default and isinstance(x, torch.Tensor)
+                    and tuple(x.shape) == (torchutil.PROBE_K, torchutil.PROBE_N)
+                    and (kwargs or {}).get("dtype") == torch.bfloat16):
+                Casts.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Casts():
+        torchutil._measure(8)
+    assert Casts.n == 1

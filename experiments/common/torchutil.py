@@ -75,7 +75,10 @@ def _measure(tokens: int) -> dict:
     a = torch.randn(tokens, PROBE_K)
     b = torch.randn(PROBE_K, PROBE_N, requires_grad=True)
     best = {"fp32": float("inf"), "bf16": float("inf")}
-    with torch.no_grad():
+    # An outer (disabled) autocast keeps the nesting above 0 across the trials: leaving the outermost autocast
+    # clears its cast cache, so without it every bf16 trial would re-cast the weight (as the pre-a3aba2f probe
+    # did), which a model's forward or a generate() call does once. fp32 trials run with autocast off.
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         for precision in best:                          # warm-up (packing, first-call dispatch, cast cache)
             with autocast(precision, torch.device("cpu")):
                 a @ b
