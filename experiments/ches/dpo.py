@@ -250,10 +250,16 @@ def _callbacks():
     from transformers import TrainerCallback
 
     class NanGuard(TrainerCallback):
+        """Stops on a non-finite loss; logs one progress line at about every tenth of the run (TRL's
+        per-step dicts are not printed: ``make_trainer`` removes its PrinterCallback)."""
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
                 raise UserError(f"training loss is {loss} at step {state.global_step}; lower --lr or use fp32")
+            total = getattr(state, "max_steps", 0) or 0
+            if loss is not None and (state.global_step % max(1, total // 10) == 0 or state.global_step == total):
+                log.info("DPO step %d/%d  loss %.4f", state.global_step, total, float(loss))
 
     return [NanGuard(), steptimes.trainer_callback()]  # stamps the optimiser steps (experiments.runtime)
 
@@ -280,8 +286,12 @@ def make_trainer(model, tokenizer, rows: list[dict], *, loss: str = "dpo", beta:
     )
     ds = Dataset.from_list([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids",
                                                 "ref_chosen_logps", "ref_rejected_logps")} for r in rows])
-    return (trainer_cls or _trainer_class())(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
-                                             callbacks=_callbacks())
+    from transformers import PrinterCallback
+
+    trainer = (trainer_cls or _trainer_class())(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
+                                                callbacks=_callbacks())
+    trainer.remove_callback(PrinterCallback)  # one raw dict per step; NanGuard logs the progress line
+    return trainer
 
 
 def train(model, tokenizer, rows: list[dict], **kwargs) -> dict:
