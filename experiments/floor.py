@@ -60,6 +60,7 @@ def work(cfg: dict) -> list[dict]:
         if sft.get("recipe") == "pair":
             out.append(_row("persona_sft_pair", pairs, pairs,
                             train=pairs * sft["max_steps"] * sft["batch_size"] * prompt,
+                            fwd=pairs * sft["max_steps"] * sft["heldout_prompts"] * prompt,  # the stop rule's check
                             rows=sft["batch_size"] * 32, precision=sft.get("precision", "auto"),
                             note=f"at the cap of {sft['max_steps']} steps (the 0.65 stop comes earlier)"))
         scan = p.get("scan", {})
@@ -93,7 +94,8 @@ def work(cfg: dict) -> list[dict]:
         ev = 2 * ft["eval"]["inputs"] * ft["eval"]["samples"]          # before and after
         out.append(_row("rft_train", runs, runs,
                         decode=runs * (ep + ev) * task["gen_kwargs"]["max_new_tokens"],
-                        fwd=runs * (ep + ev) * task["max_prompt_tokens"] + runs * 2 * ep * seq * top_w / FULL,
+                        fwd=runs * (ep + ev) * task["max_prompt_tokens"] + runs * 2 * ep * seq * top_w / FULL
+                        + runs * ep * seq * (BODY - top_w + HEAD) / FULL,   # the frozen blocks, once per rollout
                         train=runs * ppo["n_epochs"] * ep * seq, train_weights=top_w,
                         rows=ppo["minibatch"] * seq, decode_rows=ppo["inputs_per_iter"] * ppo["samples_per_input"],
                         precision=ft.get("precision", "auto"),
@@ -113,10 +115,10 @@ def work(cfg: dict) -> list[dict]:
         n_pairs = 500                                   # the mirror's UltraFeedback train_prefs pairs at tiny
         runs = len(c["measures"]) * len(c["quantiles"]) * len(c["seeds"]) * len(c["dpo"]["losses"])
         jobs = runs // len(c["seeds"])
-        sub = c["dpo"]["subset_size"] * 2 * seq * c["dpo"]["epochs"]
+        sub = c["dpo"]["subset_size"] * 2 * seq
         out.append(_row("ches_score", 1, 1, fwd=n_pairs * 2 * seq, weights=BODY, rows=c["score"]["batch_size"] * seq,
                         precision=c["score"].get("precision", "auto"), note="body only, both responses"))
-        out.append(_row("ches_dpo", jobs, runs, train=runs * sub, fwd=(runs + jobs) * sub,
+        out.append(_row("ches_dpo", jobs, runs, train=runs * sub * c["dpo"]["epochs"], fwd=(runs + jobs) * sub,
                         rows=2 * c["dpo"]["batch_size"] * seq, precision=c["dpo"].get("precision", "auto"),
                         note="DPO steps + log-probs before (once per subset) and after (per seed)"))
     f = cfg.get("refusal")
@@ -154,7 +156,7 @@ def work(cfg: dict) -> list[dict]:
         trained = sum(v for a, v in pairs_per_arm.items() if a != "dpo_sft") + sft_arms * n_train
         jobs = len(arms) - ("dpo_sft" in arms) + sft_arms
         out.append(_row("refusal_arm", jobs, jobs * seeds, train=seeds * trained * 2 * seq,
-                        fwd=seeds * trained * 2 * seq + jobs * seeds * eval_prompts * dpo["max_prompt_tokens"],
+                        fwd=(seeds + 1) * trained * 2 * seq + jobs * seeds * eval_prompts * dpo["max_prompt_tokens"],
                         decode=jobs * seeds * eval_prompts * ev["max_new_tokens"], rows=2 * dpo["batch_size"] * seq,
                         decode_rows=ev["batch_inputs"],
                         precision=f.get("precision", "auto"),
