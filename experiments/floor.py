@@ -163,7 +163,7 @@ def work(cfg: dict) -> list[dict]:
                         note=f"DPO on the arm's pairs, then {eval_prompts} prompts sampled "
                              f"(≤ {ev['max_new_tokens']} tokens)"))
         out.append(_row("refusal_initial", 1, seeds, fwd=seeds * eval_prompts * dpo["max_prompt_tokens"],
-                        decode=seeds * eval_prompts * ev["max_new_tokens"], rows=ev["batch_inputs"] * 64,
+                        decode=seeds * eval_prompts * ev["max_new_tokens"], rows=2 * dpo["batch_size"] * seq,
                         decode_rows=ev["batch_inputs"],
                         precision=f.get("precision", "auto")))
     return out
@@ -178,8 +178,10 @@ def floors(rows: list[dict], threads: int) -> list[dict]:
     torch.set_num_threads(threads)
     out = []
     for r in rows:
-        # the rule runs one precision, chosen at the row count its CLI passes (decode rows where it samples)
-        chosen_at = r["decode_rows"] if r["decode_tokens"] else r["rows"]
+        # the rule runs one precision, chosen at the row count its CLI passes (decode rows where it only
+        # samples; the refusal arms and their initial evaluation at the DPO batch's rows)
+        by_dpo = r["rule"] in ("refusal_arm", "refusal_initial")
+        chosen_at = r["decode_rows"] if r["decode_tokens"] and not by_dpo else r["rows"]
         prec = resolve_precision(r["precision"], torch.device("cpu"), chosen_at)
         dense = cpu_precision_probe(r["rows"])[f"{prec}_gflops"]
         dec = cpu_precision_probe(r["decode_rows"])[f"{prec}_gflops"]

@@ -58,7 +58,7 @@ def rule_rows(cfg: dict) -> list[dict]:
         rows.append(("refusal_pairs", "refusal.precision", prec, 2 * ref["sampling"]["batch_inputs"]))
         rows.append(("refusal_gold", "refusal.precision", prec, ref["gold"]["k"] * ref["sampling"]["batch_inputs"]))
         rows.append(("refusal_lr", "refusal.precision", prec, 2 * dpo["batch_size"] * seq))
-        rows.append(("refusal_arm", "refusal.precision", prec, ref["eval"]["batch_inputs"]))
+        rows.append(("refusal_arm", "refusal.precision", prec, 2 * dpo["batch_size"] * seq))   # and refusal_initial
     return [{"rule": r, "key": k, "configured": str(p), "tokens": t} for r, k, p, t in rows]
 
 

@@ -52,7 +52,8 @@ def test_rule_rows_take_each_rules_row_count_from_its_own_config_keys():
     rows = {r["rule"]: r for r in precision_table.rule_rows(cfg)}
     st, ref, ches = cfg["rft"]["stats"], cfg["refusal"], cfg["ches"]
     assert rows["reward_stats"]["tokens"] == st["batch_inputs"] * st["samples"]
-    assert rows["refusal_arm"]["tokens"] == ref["eval"]["batch_inputs"]
+    seq = ref["dpo"]["max_prompt_tokens"] + ref["dpo"]["max_response_tokens"]
+    assert rows["refusal_arm"]["tokens"] == 2 * ref["dpo"]["batch_size"] * seq   # the DPO batch, not the decode
     assert rows["ches_score"]["tokens"] == ches["score"]["batch_size"] * (ches["max_prompt_tokens"]
                                                                           + ches["max_response_tokens"])
     assert rows["persona_dpo"]["configured"] == cfg["persona"]["precision"]

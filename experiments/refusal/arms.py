@@ -313,8 +313,10 @@ def run(args) -> list[dict]:
                         f"{len(train_pairs)}: rerun experiments.refusal.lr_rule on the same pairs")
 
     set_threads(args.threads)
-    device, precision = device_and_precision(   # the evaluation's decode rows: sampling dominates the arm
-        args.device, args.precision, args.eval_batch_inputs)
+    # chosen at the DPO batch's rows (~85 % of an arm's FLOP; the 16-row decode probe sits near the 1.2x
+    # threshold), and so also for --eval-only: the initial rates and the arms share one precision path
+    seq = (args.max_prompt_tokens + args.max_response_tokens) or 256
+    device, precision = device_and_precision(args.device, args.precision, 2 * args.batch_size * seq)
 
     def load_model():
         try:
