@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from experiments.common.cli import UserError, main_guard, thread_count
 from experiments.common.io import write_text
 
@@ -169,8 +167,14 @@ def work(cfg: dict) -> list[dict]:
     return out
 
 
-def floors(rows: list[dict], threads: int) -> list[dict]:
-    """Each rule's floor in seconds at the probe's rate for its precision and row count (measured here)."""
+# rules of this table that choose their precision as another rule of experiments.precision does
+SAME_CHOICE_AS = {"persona_sft_pair": "persona_sft", "persona_scan_dpo": "persona_dpo",
+                  "refusal_initial": "refusal_arm"}
+
+
+def floors(rows: list[dict], threads: int, choose_at: dict[str, int]) -> list[dict]:
+    """Each rule's floor in seconds at the probe's rate for its precision and row counts (measured here).
+    ``choose_at``: the row count each rule's CLI resolves ``precision`` at (``experiments.precision``)."""
     import torch
 
     from experiments.common.torchutil import cpu_precision_probe, resolve_precision
@@ -178,11 +182,8 @@ def floors(rows: list[dict], threads: int) -> list[dict]:
     torch.set_num_threads(threads)
     out = []
     for r in rows:
-        # the rule runs one precision, chosen at the row count its CLI passes (decode rows where it only
-        # samples; the refusal arms and their initial evaluation at the DPO batch's rows)
-        by_dpo = r["rule"] in ("refusal_arm", "refusal_initial")
-        chosen_at = r["decode_rows"] if r["decode_tokens"] and not by_dpo else r["rows"]
-        prec = resolve_precision(r["precision"], torch.device("cpu"), chosen_at)
+        at = choose_at.get(SAME_CHOICE_AS.get(r["rule"], r["rule"]), r["rows"])
+        prec = resolve_precision(r["precision"], torch.device("cpu"), at)
         dense = cpu_precision_probe(r["rows"])[f"{prec}_gflops"]
         dec = cpu_precision_probe(r["decode_rows"])[f"{prec}_gflops"]
         floor = (r["dense_tflop"] / dense + r["decode_tflop"] / dec) * 1e3
@@ -231,12 +232,13 @@ def main(argv=None) -> None:
     ap.add_argument("--runtime", default="", help="a table_runtime.csv to set the measured job-seconds beside")
     ap.add_argument("--out", default="", help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
-    path = Path("workflow") / "config" / f"{args.scale}.yaml"
-    if not path.is_file():
-        raise UserError(f"{path}: no such config (use --scale smoke|tiny|paper)")
+    from experiments.bench import load_config
+    from experiments.precision import rule_rows
+
     if args.runtime and not Path(args.runtime).is_file():
         raise UserError(f"{args.runtime}: no such runtime table (snakemake runtime_table writes one)")
-    rows = floors(work(yaml.safe_load(path.read_text(encoding="utf-8"))), args.threads)
+    cfg = load_config(args.scale)
+    rows = floors(work(cfg), args.threads, {r["rule"]: r["tokens"] for r in rule_rows(cfg)})
     text = render(rows, measured_job_seconds(Path(args.runtime)) if args.runtime else {}, args.threads,
                   args.runtime)
     print(text, end="")

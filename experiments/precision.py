@@ -105,10 +105,12 @@ def main(argv=None) -> None:
     from experiments.common.torchutil import BF16_MIN_SPEEDUP, cpu_precision_probe
 
     torch.set_num_threads(args.threads)
-    path = Path(args.config or Path("workflow") / "config" / f"{args.scale}.yaml")
-    if not path.is_file():
-        raise UserError(f"{path}: no such config (use --scale smoke|tiny|paper or --config FILE)")
-    rows = choices(yaml.safe_load(path.read_text(encoding="utf-8")))
+    from experiments.bench import load_config
+
+    if args.config and not Path(args.config).is_file():
+        raise UserError(f"{args.config}: no such config file")
+    cfg = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) if args.config else load_config(args.scale)
+    rows = choices(cfg)
     text = render(rows, cpu_precision_probe() | {"min_speedup": BF16_MIN_SPEEDUP})
     print(text, end="")
     if args.out:

@@ -29,7 +29,10 @@ def test_the_floor_is_the_work_at_the_probes_rate_for_the_precision_that_runs(mo
     rates = {"fp32_gflops": 100.0, "bf16_gflops": 400.0}
     monkeypatch.setattr("experiments.common.torchutil.cpu_precision_probe", lambda tokens=256, refresh=False:
                         rates | {"choice": "bf16"})
-    out = {r["rule"]: r for r in floor.floors(floor.work(_ches()), threads=1)}
+    from experiments.precision import rule_rows
+
+    at = {r["rule"]: r["tokens"] for r in rule_rows(_ches())}
+    out = {r["rule"]: r for r in floor.floors(floor.work(_ches()), threads=1, choose_at=at)}
     assert out["ches_dpo"]["runs_as"] == "fp32" and out["ches_score"]["runs_as"] == "bf16"
     assert out["ches_dpo"]["floor_s"] == pytest.approx(out["ches_dpo"]["tflop"] * 1e3 / 100)
     assert out["ches_score"]["floor_s"] == pytest.approx(out["ches_score"]["tflop"] * 1e3 / 400)

@@ -18,16 +18,23 @@ def test_probe_is_cached_per_machine_and_row_count_and_reprobes_when_the_key_cha
     assert cache.exists() and first["fp32_gflops"] > 0 and first["bf16_gflops"] > 0 and first["tokens"] == 256
     assert first["choice"] == ("bf16" if first["speedup"] >= torchutil.BF16_MIN_SPEEDUP else "fp32")
     stored = json.loads(cache.read_text())
-    stored["shapes"]["256"]["choice"] = "sentinel"
+    threads = torch.get_num_threads()
+    stored["shapes"][f"{threads}x256"]["choice"] = "sentinel"
     cache.write_text(json.dumps(stored))
     assert torchutil.cpu_precision_probe(256)["choice"] == "sentinel"        # read, not measured again
     assert torchutil.cpu_precision_probe(300)["choice"] == "sentinel"        # 300 rows -> the 256 bucket
     assert torchutil.resolve_precision("auto", torch.device("cpu"), tokens=200) == "sentinel"
     assert torchutil.cpu_precision_probe(16)["choice"] in ("bf16", "fp32")   # another bucket: measured, added
-    assert set(json.loads(cache.read_text())["shapes"]) == {"16", "256"}
-    cache.write_text(json.dumps(stored | {"threads": -1}))                   # another machine's entry
+    assert set(json.loads(cache.read_text())["shapes"]) == {f"{threads}x16", f"{threads}x256"}
+    cache.write_text(json.dumps(stored | {"cpu": "another"}))                # another machine's entry
     assert torchutil.cpu_precision_probe(256)["choice"] in ("bf16", "fp32")
-    assert set(json.loads(cache.read_text())["shapes"]) == {"256"}
+    assert set(json.loads(cache.read_text())["shapes"]) == {f"{threads}x256"}
+    torch.set_num_threads(1)                                                 # a 1-thread job beside it
+    try:
+        torchutil.cpu_precision_probe(256)
+    finally:
+        torch.set_num_threads(threads)
+    assert {"1x256", f"{threads}x256"} <= set(json.loads(cache.read_text())["shapes"])   # kept side by side
 
 
 @pytest.mark.parametrize(("tokens", "bucket"), [(1, 8), (8, 8), (11, 8), (12, 16), (160, 128), (200, 256),
@@ -44,7 +51,8 @@ def test_forced_precision_skips_the_probe_and_the_manifest_records_it(tmp_path, 
     assert not cache.exists() and "precision_probe" not in io.run_manifest(seed=0)
     torchutil.cpu_precision_probe(16)
     recorded = io.run_manifest(seed=0)["precision_probe"]
-    assert recorded["capability"] == torch.backends.cpu.get_cpu_capability() and "16" in recorded["shapes"]
+    assert (recorded["capability"] == torch.backends.cpu.get_cpu_capability()
+            and f"{torch.get_num_threads()}x16" in recorded["shapes"])
 
 
 def test_rule_rows_take_each_rules_row_count_from_its_own_config_keys():

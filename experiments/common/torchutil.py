@@ -95,15 +95,18 @@ def _measure(tokens: int) -> dict:
 
 def cpu_precision_probe(tokens: int = PROBE_TOKENS, refresh: bool = False) -> dict:
     """fp32 and bf16-autocast matmul speed on this CPU at ``tokens`` rows (GFLOP/s, best of 7 interleaved
-    trials), cached per machine (CPU capability, model name, torch version, threads) in
-    ``resources/cache/``, one entry per row-count bucket. Returns ``{"fp32_gflops", "bf16_gflops",
+    trials), cached per machine (CPU capability, model name, torch version) in ``resources/cache/``,
+    one entry per thread count and row-count bucket (``"<threads>x<bucket>"``: 1- and 2-thread jobs
+    share the file without re-probing each other's entries). Returns ``{"fp32_gflops", "bf16_gflops",
     "speedup", "choice", "tokens", "capability", ...}`` for that bucket."""
     import json
     import platform
 
     bucket = probe_bucket(tokens)
     key = {"capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_model(),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "shape_kn": [PROBE_K, PROBE_N]}
+           "torch": torch.__version__, "shape_kn": [PROBE_K, PROBE_N]}
+    threads = torch.get_num_threads()
+    entry_key = f"{threads}x{bucket}"
     path = _probe_cache()
     cached: dict = {}
     if os.path.exists(path):
@@ -113,10 +116,10 @@ def cpu_precision_probe(tokens: int = PROBE_TOKENS, refresh: bool = False) -> di
         except (OSError, ValueError):
             cached = {}
     if not all(cached.get(k) == v for k, v in key.items()):
-        cached = {}                                     # another machine, torch or thread count: probe again
+        cached = {}                                     # another machine or torch: probe again
     shapes = cached.get("shapes", {})
-    if refresh or str(bucket) not in shapes:
-        shapes[str(bucket)] = _measure(bucket)
+    if refresh or entry_key not in shapes:
+        shapes[entry_key] = _measure(bucket)
         cached = key | {"amx": cpu_has_fast_bf16(), "host": platform.node(), "shapes": shapes}
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -126,8 +129,8 @@ def cpu_precision_probe(tokens: int = PROBE_TOKENS, refresh: bool = False) -> di
             os.replace(tmp, path)
         except OSError:
             pass                                        # an unwritable cache only costs the probe again
-    entry = shapes[str(bucket)]
-    return {k: v for k, v in cached.items() if k != "shapes"} | entry | {"tokens": bucket}
+    return ({k: v for k, v in cached.items() if k != "shapes"} | shapes[entry_key]
+            | {"tokens": bucket, "threads": threads})
 
 
 def resolve_precision(precision: str, device: torch.device, tokens: int = PROBE_TOKENS) -> str:
